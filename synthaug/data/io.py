@@ -1,0 +1,216 @@
+"""Read and write 3D volumes (NIfTI, MHA/MHD, NRRD) and write any file atomically.
+
+Arrays are ``(X, Y, Z)`` in the voxel order of the file with a RAS+ world affine (nibabel's and
+MONAI's convention), so a volume read here matches what MONAI's ``LoadImaged`` yields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from synthaug.errors import ImageError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+# ITK's world frame is LPS+; flipping x and y turns it into RAS+.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """Shape and geometry of a volume, read without loading its voxels."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]  # mm per voxel along each array axis
+    affine: np.ndarray  # (4, 4) voxel -> RAS+ world (mm)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A finite 3D volume: ``array`` is ``(X, Y, Z)`` float32, ``affine`` maps voxels to RAS+ mm."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def image_format(path: str | os.PathLike[str]) -> str:
+    """Return ``"nifti"`` or ``"itk"`` from the file name, or raise ``ImageError``."""
+    name = os.fspath(path).lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(ITK_SUFFIXES):
+        return "itk"
+    raise ImageError(
+        "unsupported image format",
+        where=os.fspath(path),
+        fix=f"use one of {', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}",
+    )
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise ImageError("image file not found", where=str(path), fix="check the path in the manifest")
+
+
+def _itk_affine(image) -> np.ndarray:  # noqa: ANN001 - SimpleITK image or reader
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)
+    lps = np.eye(4)
+    lps[:3, :3] = (direction @ np.diag(image.GetSpacing()))[:3, :3] if dim >= 3 else np.eye(3)
+    lps[:3, 3] = np.asarray(image.GetOrigin(), dtype=float)[:3] if dim >= 3 else 0.0
+    return _LPS_TO_RAS @ lps
+
+
+def read_header(path: str | os.PathLike[str]) -> VolumeHeader:
+    """Read shape, spacing and affine of an image file without loading the voxels."""
+    path = Path(path)
+    _require_file(path)
+    fmt = image_format(path)
+    try:
+        if fmt == "nifti":
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            shape = tuple(int(s) for s in img.shape)
+            spacing = tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+            affine = np.asarray(img.affine, dtype=float)
+        else:
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            shape = tuple(int(s) for s in reader.GetSize())
+            spacing = tuple(float(s) for s in reader.GetSpacing())
+            affine = _itk_affine(reader)
+    except ImageError:
+        raise
+    except Exception as exc:  # any reader failure means the file is not a readable image
+        raise ImageError(
+            f"cannot read image header ({type(exc).__name__}: {exc})",
+            where=str(path),
+            fix="the file is corrupt or not an image; re-export it",
+        ) from exc
+    return VolumeHeader(shape=shape, spacing=spacing, affine=affine)
+
+
+def _load_array(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
+    if fmt == "nifti":
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        return np.asarray(img.get_fdata(dtype=np.float32)), np.asarray(img.affine, dtype=float)
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageError(
+            f"image has {img.GetNumberOfComponentsPerPixel()} components per voxel",
+            where=str(path),
+            fix="store one modality per file",
+        )
+    # SimpleITK arrays are (Z, Y, X); transpose to the file's (X, Y, Z) voxel order.
+    array = sitk.GetArrayFromImage(img).astype(np.float32).T
+    return np.ascontiguousarray(array), _itk_affine(img)
+
+
+def check_volume_array(array: np.ndarray, where: str) -> np.ndarray:
+    """Return ``array`` as a 3D volume or raise ``ImageError`` (2D, 4D, empty axis, NaN/Inf)."""
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise ImageError(
+            f"expected a 3D volume, got a {array.ndim}D image of shape {tuple(array.shape)}",
+            where=where,
+            fix="give one 3D volume per file (split 4D series, stack 2D slices)",
+        )
+    if min(array.shape) < 2:
+        raise ImageError(
+            f"expected a 3D volume, got shape {tuple(array.shape)} (a 2D image)",
+            where=where,
+            fix="give a volume with at least 2 voxels along every axis",
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - finite.sum())
+        raise ImageError(
+            f"{bad} voxel(s) are NaN or Inf",
+            where=where,
+            fix="repair or exclude this image (e.g. replace non-finite voxels before export)",
+        )
+    return array
+
+
+def read_volume(path: str | os.PathLike[str]) -> Volume:
+    """Load a 3D volume as float32 ``(X, Y, Z)`` with its RAS+ affine; raise ``ImageError`` if bad."""
+    path = Path(path)
+    _require_file(path)
+    fmt = image_format(path)
+    try:
+        array, affine = _load_array(path, fmt)
+    except ImageError:
+        raise
+    except Exception as exc:  # truncated gzip, bad header, ...: all mean an unreadable file
+        raise ImageError(
+            f"cannot read image ({type(exc).__name__}: {exc})",
+            where=str(path),
+            fix="the file is corrupt or truncated; re-export or re-download it",
+        ) from exc
+    return Volume(array=check_volume_array(array, str(path)), affine=affine)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
+
+    The temporary name keeps the suffix (``.nii.gz``) so writers that choose a format by name work.
+    Readers never see a half-written file, even if the process is killed mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_nifti(
+    array: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike[str],
+    dtype: np.dtype | type = np.float32,
+) -> Path:
+    """Write ``(X, Y, Z)`` ``array`` with ``affine`` as NIfTI, atomically; return the path."""
+    import nibabel as nib
+
+    path = Path(path)
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=float))
+    img.header.set_xyzt_units("mm")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path

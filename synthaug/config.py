@@ -204,7 +204,7 @@ def load_config(
     try:
         return SynthaugConfig.model_validate(data)
     except ValidationError as exc:
-        where = str(path) if path is not None else "config"
+        where = str(path) if path is not None else "settings"
         raise ConfigError(_describe(exc), where=where, fix="see `synthaug config show` for valid settings") from exc
 
 

@@ -1,0 +1,178 @@
+"""The ``synthaug`` command. Thin: parses arguments, calls library functions, prints results.
+
+Library modules are imported inside each command so that ``synthaug --help`` stays instant.
+User mistakes (``synthaug.errors.InputError``) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what, and where to look) with exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper")
+    p.add_argument("--config", type=Path, help="YAML/JSON config file (see `synthaug config show`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set phantom.difficulty=0.7 (repeatable)")
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()):  # noqa: ANN202 - lazy import of the type
+    from synthaug.config import load_config
+
+    return load_config(args.config, preset=args.preset, overrides=[*args.overrides, *extra])
+
+
+def _console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console()
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from synthaug.data.phantom import write_phantom_dataset
+    from synthaug.report import progress_bar
+
+    extra = []
+    if args.n is not None:
+        extra.append(f"phantom.n_cases={args.n}")
+    if args.seed is not None:
+        extra.append(f"phantom.seed={args.seed}")
+    cfg = _config(args, extra)
+    console = _console()
+    with progress_bar(f"phantom: {cfg.phantom.n_cases} cases", console) as update:
+        manifest = write_phantom_dataset(args.out, cfg.data, cfg.phantom, progress=update, overwrite=args.overwrite)
+    return _show_dataset(manifest, console, read_images=False)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    return _show_dataset(args.manifest, _console(), read_images=not args.no_images)
+
+
+def _show_dataset(manifest: Path, console, read_images: bool) -> int:  # noqa: ANN001
+    from synthaug.data.check import check_dataset
+    from synthaug.report import dataset_tables, progress_bar
+
+    with progress_bar("checking images" if read_images else "checking files", console) as update:
+        summary = check_dataset(manifest, read_images=read_images, progress=update)
+    for table in dataset_tables(summary):
+        console.print(table)
+    if summary.problems:
+        console.print(f"[red]{len(summary.problems)} problem(s) in {manifest}[/red]")
+        return EXIT_BAD_INPUT
+    console.print(f"manifest OK: {manifest}")
+    return 0
+
+
+def cmd_picai(args: argparse.Namespace) -> int:
+    from synthaug.data.picai import picai_to_manifest
+
+    cfg = _config(args)
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    result = picai_to_manifest(
+        args.images, args.labels, args.out,
+        label_rule=args.label_rule or cfg.data.label_rule,
+        modalities=modalities,
+        splits_json=args.splits, fold=args.fold, seed=args.seed,
+        split_fractions=cfg.phantom.split_fractions,
+        reports=cfg.data.reports,
+        on_missing="skip" if args.skip_missing else "error",
+    )
+    console = _console()
+    skipped = getattr(result, "skipped", ())
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} case(s) without images: {', '.join(skipped[:10])}"
+                      f"{' ...' if len(skipped) > 10 else ''}[/yellow]")
+    return _show_dataset(getattr(result, "manifest", result), console, read_images=False)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from synthaug.config import dump_config
+
+    sys.stdout.write(dump_config(_config(args), fmt=args.format))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from synthaug import __version__
+
+    parser = _Parser(prog="synthaug", description="Synthetic 3D MRI (CCELLA latent diffusion) for classifier training.")
+    parser.add_argument("--version", action="version", version=f"synthaug {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("phantom", help="write the procedural prostate-MRI phantom dataset + manifest")
+    p.add_argument("--out", type=Path, required=True, help="output folder (images/ + manifest.jsonl)")
+    p.add_argument("--n", type=int, help="number of cases (default: phantom.n_cases = 200)")
+    p.add_argument("--seed", type=int, help="random seed (default: phantom.seed = 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_phantom)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", metavar="COMMAND",
+                                                                       parser_class=_Parser)
+    p = data.add_parser("check", help="validate a manifest and its images; print a summary")
+    p.add_argument("manifest", type=Path, help="manifest (.jsonl or .csv)")
+    p.add_argument("--no-images", action="store_true", help="check files exist and read headers only")
+    p.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("picai", help="PI-CAI layout (images/*.mha + marksheet.csv) -> manifest")
+    p.add_argument("--images", type=Path, required=True, help="folder with {patient_id}/{patient_id}_{study_id}_t2w.mha")
+    p.add_argument("--labels", type=Path, required=True, help="picai_labels folder (clinical_information/marksheet.csv)")
+    p.add_argument("--out", type=Path, required=True, help="manifest to write (.jsonl or .csv)")
+    p.add_argument("--label-rule", choices=["pirads3", "pirads4", "cspca"], help="default: data.label_rule (pirads3)")
+    p.add_argument("--modalities", default="t2w,adc,hbv", help="comma-separated, t2w first (default: t2w,adc,hbv)")
+    p.add_argument("--splits", type=Path, help="picai_baseline-style splits.json (list of {train, val})")
+    p.add_argument("--fold", type=int, default=0, help="fold of --splits to use (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the split and report phrasing")
+    p.add_argument("--skip-missing", action="store_true", help="skip marksheet cases without images")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_picai)
+
+    config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
+                                                                                 metavar="COMMAND", parser_class=_Parser)
+    p = config.add_parser("show", help="print the resolved configuration (a valid config file)")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_config_show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``synthaug`` and ``python -m synthaug``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:  # a command group without its subcommand, or nothing at all
+        parser.parse_args([args.command, "--help"] if args.command else ["--help"])
+    from synthaug.errors import SynthaugError
+
+    try:
+        return func(args)
+    except SynthaugError as exc:
+        sys.stderr.write(f"synthaug: error: {exc.message}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("synthaug: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny volumes and manifests written to a temporary folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def save_nifti(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 3.0)) -> Path:
+    """Write ``array`` as NIfTI with a diagonal RAS affine of ``spacing``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), np.diag([*spacing, 1.0])), str(path))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Six valid cases (8x8x4 volumes) over train/val/test and both labels; returns (manifest, rows)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        image = save_nifti(tmp_path / "images" / f"case_{i}.nii.gz", rng.random((8, 8, 4)) * 100)
+        rows.append({
+            "case_id": f"case_{i}",
+            "image": str(image.relative_to(tmp_path)),
+            "label": i % 2,
+            "pirads": 4 if i % 2 else 2,
+            "report": "" if i == 0 else f"Report {i}. PI-RADS {4 if i % 2 else 2}.",
+            "spacing": [1.5, 1.5, 3.0],
+            "split": ["train", "train", "val", "val", "test", "test"][i],
+            "meta": {"n": i},
+        })
+    return write_jsonl(tmp_path / "manifest.jsonl", rows), rows

@@ -1,0 +1,82 @@
+"""Config: presets, files and overrides resolve in order; bad settings name the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from synthaug.config import PRESETS, dump_config, load_config, parse_override
+from synthaug.errors import ConfigError
+
+
+def test_default_is_the_tiny_cpu_preset():
+    cfg = load_config()
+    assert cfg.preset == "tiny"
+    assert cfg.data.image_shape == (64, 64, 32)
+    assert cfg.data.spacing == (1.5, 1.5, 3.0)
+    assert cfg.data.label_rule == "pirads3"
+    assert cfg.data.reports.empty_fraction == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_validates_and_round_trips(tmp_path, name):
+    cfg = load_config(preset=name)
+    for fmt in ("yaml", "json"):
+        path = tmp_path / f"c.{fmt}"
+        path.write_text(dump_config(cfg, fmt=fmt))
+        assert load_config(path) == cfg
+
+
+def test_paper_preset_has_the_reference_image_size():
+    assert load_config(preset="paper").data.image_shape == (256, 256, 128)
+
+
+def test_order_preset_then_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: small\nphantom:\n  difficulty: 0.2\n  seed: 3\n")
+    cfg = load_config(path, overrides=["phantom.difficulty=0.9", "data.modalities=[t2w, adc]"])
+    assert cfg.preset == "small" and cfg.data.image_shape == (128, 128, 64)  # from the preset
+    assert cfg.phantom.seed == 3  # from the file
+    assert cfg.phantom.difficulty == 0.9  # the override wins over the file
+    assert cfg.data.modalities == ["t2w", "adc"]
+    assert load_config(path, preset="tiny").data.image_shape == (64, 64, 32)  # explicit preset wins
+
+
+def test_parse_override_nests_keys_and_parses_values():
+    assert parse_override("data.image_shape=[96, 96, 48]") == {"data": {"image_shape": [96, 96, 48]}}
+    assert parse_override("phantom.seed=7") == {"phantom": {"seed": 7}}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["phantom.difficulty=1.5"], ["phantom.difficulty", "less than or equal to 1"]),
+        (["data.image_shape=[4, 64, 32]"], ["data.image_shape", "between 8 and 1024"]),
+        (["data.modalities=[adc]"], ["data.modalities", "t2w"]),
+        (["data.label_rule=gleason"], ["data.label_rule"]),
+        (["phantom.split_fractions=[0.5, 0.5, 0.5]"], ["split_fractions", "sum to 1"]),
+        (["data.colour=red"], ["data.colour", "unknown setting"]),
+        (["phantom.seed"], ["KEY=VALUE"]),
+        (["data.normalisation.t2w_percentiles=[99, 1]"], ["t2w_percentiles", "low < high"]),
+    ],
+)
+def test_bad_settings_name_the_field(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=overrides)
+    for word in words:
+        assert word in err.value.message
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'.*tiny, small, paper"):
+        load_config(preset="huge")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML/JSON"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(tmp_path / "list.yaml")

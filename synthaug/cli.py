@@ -94,11 +94,10 @@ def cmd_picai(args: argparse.Namespace) -> int:
         on_missing="skip" if args.skip_missing else "error",
     )
     console = _console()
-    skipped = getattr(result, "skipped", ())
-    if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} case(s) without images: {', '.join(skipped[:10])}"
-                      f"{' ...' if len(skipped) > 10 else ''}[/yellow]")
-    return _show_dataset(getattr(result, "manifest", result), console, read_images=False)
+    if result.skipped:
+        console.print(f"[yellow]skipped {len(result.skipped)} case(s) without images: "
+                      f"{', '.join(result.skipped[:10])}{' ...' if len(result.skipped) > 10 else ''}[/yellow]")
+    return _show_dataset(result.manifest, console, read_images=False)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:

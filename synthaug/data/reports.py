@@ -220,7 +220,7 @@ def _indication(f: Findings, ph: _Phraser) -> str | None:
     if not facts:
         return None
     title = ph.pick("CLINICAL INDICATION:", "Clinical history:", "Indication:")
-    reason = ph.pick("Suspected prostate cancer.", "Evaluate for clinically significant prostate cancer.", "Biopsy-naive; raised PSA.")
+    reason = ph.pick("Suspected prostate cancer.", "Evaluate for clinically significant prostate cancer.", "Raised PSA; assess for csPCa.")
     return f"{title} {', '.join(facts)}. {reason}"
 
 

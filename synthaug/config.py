@@ -151,7 +151,7 @@ class AdapterConfig(_Section):
     heads: int = Field(4, ge=1)
     num_latents: int = Field(16, ge=1)
     class_head: Literal["pool", "flatten"] = "pool"  # flatten = the reference (flatten -> 256 -> 2)
-    flatten_hidden: int = Field(256, ge=1)
+    head_hidden: int = Field(256, ge=1)  # hidden width of each class head (flatten: N*W -> 256 -> 2)
     use_text_mask: bool = True  # False reproduces the reference, which attends to padding tokens
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""The latent diffusion model: autoencoder, CCELLA adapter, conditioned U-Net, training and sampling."""

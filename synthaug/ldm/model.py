@@ -1,0 +1,119 @@
+"""CCELLALDM = CCELLA adapter + conditioned U-Net; the joint loss; text dropout for classifier-free guidance.
+
+    model = CCELLALDM.from_config(cfg, text_dim=384)
+    noise_pred, class_logits = model(x_t, t, text, mask, spacing)
+    loss, logs = joint_loss(noise_pred, noise, class_logits, labels, text_isnull, cfg.loss)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import FocalLoss
+from torch import nn
+
+from synthaug.config import LossConfig, SynthaugConfig
+from synthaug.ldm.adapter import NUM_CLASSES, CCELLAAdapter
+from synthaug.ldm.unet import CCELLAUNet
+
+REFERENCE_FOCAL_SCALE = 100.0  # the reference's one-hot focal target is (accidentally) multiplied by 100
+
+
+class CCELLALDM(nn.Module):
+    """The denoiser: the adapter reads the report, the U-Net denoises the latents given its outputs."""
+
+    def __init__(self, adapter: CCELLAAdapter, unet: CCELLAUNet) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.unet = unet
+
+    @classmethod
+    def from_config(cls, cfg: SynthaugConfig, text_dim: int) -> CCELLALDM:
+        """Build both networks from ``cfg.adapter`` / ``cfg.unet`` for text features of width ``text_dim``."""
+        adapter = CCELLAAdapter(text_dim, cfg.adapter)
+        unet = CCELLAUNet(cfg.unet, latent_channels=cfg.autoencoder.latent_channels,
+                          cross_attention_dim=cfg.adapter.width)
+        return cls(adapter, unet)
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        mask: torch.Tensor | None,
+        spacing: torch.Tensor | None = None,
+        class_probs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t (B, C, D, H, W), t (B,), text (B, T, Dt), mask (B, T) -> noise_pred (B, C, D, H, W), class_logits (B, 2).
+
+        ``class_probs`` None: the U-Net gets ``softmax(class_logits)``, not detached, so the diffusion loss
+        also trains the adapter through the class path (the reference). Given (B, 2): used instead
+        (class control by label).
+        """
+        context, class_logits = self.adapter(text, mask, t)  # (B, N, W), (B, 2)
+        if class_probs is None:
+            class_probs = class_logits.softmax(dim=-1)
+        noise_pred = self.unet(x_t, t, context, class_probs, spacing)
+        return noise_pred, class_logits
+
+
+def joint_loss(
+    noise_pred: torch.Tensor,
+    target: torch.Tensor,
+    class_logits: torch.Tensor,
+    labels: torch.Tensor,
+    text_isnull: torch.Tensor,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1(noise_pred, target) + focal_weight * focal(class_logits, labels) over the cases that have a report.
+
+    The focal term is MONAI ``FocalLoss(use_softmax=True)`` (a 2-logit softmax classifier, one-hot
+    target, scalar alpha weighting class 1 by alpha and class 0 by 1 - alpha) with its ``mean``
+    reduction, i.e. the mean over classes per case, averaged over the cases whose report is not empty
+    (``text_isnull`` False); exactly 0 when every report is empty.
+    """
+    l1 = F.l1_loss(noise_pred.float(), target.float())
+    focal_fn = FocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha, use_softmax=True, reduction="none")
+    onehot = F.one_hot(labels.long(), NUM_CLASSES).float()  # (B, 2)
+    if cfg.reference_focal_scaling:
+        onehot = onehot * REFERENCE_FOCAL_SCALE
+    per_case = focal_fn(class_logits.float(), onehot).mean(dim=1)  # (B,)
+    keep = ~text_isnull.to(device=per_case.device, dtype=torch.bool)
+    focal = torch.where(keep, per_case, torch.zeros_like(per_case)).sum() / keep.sum().clamp(min=1)
+    loss = l1 + cfg.focal_weight * focal
+    values = torch.stack([loss, l1, focal, keep.sum().to(loss.dtype)]).detach().tolist()  # one device sync
+    return loss, dict(zip(("loss", "l1", "focal", "focal_cases"), values))
+
+
+def text_dropout(
+    text: torch.Tensor,
+    mask: torch.Tensor,
+    isnull: torch.Tensor,
+    null_text: torch.Tensor,
+    null_mask: torch.Tensor | None,
+    p: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace whole reports by the empty-report embedding with probability ``p`` (classifier-free guidance).
+
+    text (B, T, D), mask (B, T), isnull (B,); null_text (T0, D) or (1, T0, D), null_mask (T0,) or (1, T0),
+    None = all tokens real. The null embedding is zero-padded (mask False) or cut to T tokens. Dropped
+    cases come back with ``isnull`` True, so their focal term is masked out. ``p = 0`` (the reference)
+    returns the inputs unchanged and draws nothing.
+    """
+    if p <= 0:
+        return text, mask, isnull
+    b, t = text.shape[:2]
+    null_text = null_text.reshape(-1, text.shape[-1])[:t].to(device=text.device, dtype=text.dtype)  # (<=T, D)
+    null_mask = (torch.ones(null_text.shape[0], dtype=torch.bool) if null_mask is None
+                 else null_mask.reshape(-1)[:t].bool()).to(device=mask.device)
+    pad = t - null_text.shape[0]
+    null_text = F.pad(null_text, (0, 0, 0, pad))  # (T, D)
+    null_mask = F.pad(null_mask, (0, pad), value=False).to(mask.dtype)  # (T,)
+
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    drop = (torch.rand(b, generator=generator, device=gen_device) < p).to(text.device)  # (B,)
+    text = torch.where(drop[:, None, None], null_text, text)
+    mask = torch.where(drop[:, None].to(mask.device), null_mask, mask)
+    isnull = isnull | drop.to(isnull.device)
+    return text, mask, isnull

@@ -127,7 +127,7 @@ class AutoencoderConfig(_Section):
     num_res_blocks: int = Field(1, ge=1)
     latent_channels: int = Field(4, ge=1)
     norm_num_groups: int = Field(8, ge=1)
-    attention: bool = False  # non-local attention in encoder/decoder (MONAI AutoencoderKL only)
+    attention: bool = False  # attention at the deepest level plus non-local blocks in encoder/decoder
     kl_weight: float = Field(1e-6, ge=0.0)
     perceptual_weight: float = Field(0.0, ge=0.0)  # > 0 needs perceptual_weights (a local file)
     perceptual_weights: str | None = None
@@ -188,7 +188,7 @@ class DiffusionConfig(_Section):
     schedule: Literal["scaled_linear_beta", "linear_beta", "cosine"] = "scaled_linear_beta"
     beta_start: float = Field(0.0015, gt=0.0, lt=1.0)
     beta_end: float = Field(0.0195, gt=0.0, lt=1.0)
-    prediction: Literal["eps", "v", "flow"] = "eps"
+    prediction: Literal["eps", "v"] = "eps"  # the noise (reference) or the velocity
 
 
 class LossConfig(_Section):

@@ -1,0 +1,487 @@
+"""Stage 1 of CCELLA: a 3D KL autoencoder (4 latent channels, 4x downsampling per axis).
+
+Built from MONAI ``AutoencoderKL`` or MAISI ``AutoencoderKlMaisi``, trained (or loaded) once, then
+frozen. The training set is encoded once to latents; the diffusion model works on
+``latents * scale_factor`` where the scale factor is 1/std over the WHOLE set (the reference uses
+one batch).
+
+    ae = build_autoencoder(cfg.autoencoder, seed=0)
+    history = train_autoencoder(ae, volumes, cfg.autoencoder, seed=0)
+    z = encode_volumes(ae, volumes)              # (N, 4, X/4, Y/4, Z/4), posterior mean
+    scale = scale_factor(z)
+    x = decode_latents(ae, z)                     # (N, 1, X, Y, Z)
+
+Every random draw (initialisation, batches, flips, posterior samples, perceptual slices) goes through
+an explicit ``torch.Generator``: the same seed gives bit-identical weights on CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.apps.generation.maisi.networks.autoencoderkl_maisi import (
+    AutoencoderKlMaisi,
+    MaisiConvolution,
+    MaisiDownsample,
+)
+from monai.networks.nets import AutoencoderKL
+from monai.networks.nets.autoencoderkl import AEKLDownsample
+from torch import Tensor, nn
+
+from synthaug.config import AutoencoderConfig, SynthaugConfig
+from synthaug.errors import ConfigError, InputError, SynthaugError
+
+Volumes = torch.utils.data.Dataset | Sequence[Any]  # items: (C, X, Y, Z) tensors/arrays or {"image": ...}
+Progress = Callable[[int, int, dict], None]
+
+# Fraction of the slices along each axis that the 2.5D perceptual loss looks at (MONAI's default is 0.5;
+# ResNet-50 on every slice is slow on CPU).
+PERCEPTUAL_SLICE_FRACTION = 0.25
+
+
+# ----------------------------------------------------------------------------------------- building
+
+
+def build_autoencoder(cfg: AutoencoderConfig, in_channels: int = 1, *, seed: int | None = None) -> nn.Module:
+    """A MONAI (``kind="monai"``) or MAISI (``kind="maisi"``) 3D KL autoencoder; ``in_channels`` = modalities.
+
+    ``seed`` initialises the weights from a private generator (the global RNG is left as it was).
+    With ``cfg.attention`` the deepest level gets attention plus the non-local blocks; full-resolution
+    3D attention would not fit in memory.
+    """
+    levels = len(cfg.channels)
+    attention_levels = tuple([False] * (levels - 1) + [bool(cfg.attention) and cfg.kind == "monai"])
+    with _seeded(seed):
+        if cfg.kind == "monai":
+            return AutoencoderKL(
+                spatial_dims=3, in_channels=in_channels, out_channels=in_channels, channels=tuple(cfg.channels),
+                latent_channels=cfg.latent_channels, num_res_blocks=cfg.num_res_blocks,
+                norm_num_groups=cfg.norm_num_groups, attention_levels=attention_levels,
+                with_encoder_nonlocal_attn=cfg.attention, with_decoder_nonlocal_attn=cfg.attention,
+            )
+        # Built unsplit (num_splits=1): training and encoding run whole convolutions; decode_latents
+        # switches on MAISI's split convolutions for the memory-heavy decoder. norm_float16 stays off:
+        # mixed precision comes from autocast, and float16 group norm does not run on CPU.
+        return AutoencoderKlMaisi(
+            spatial_dims=3, in_channels=in_channels, out_channels=in_channels,
+            num_res_blocks=(cfg.num_res_blocks,) * levels, num_channels=tuple(cfg.channels),
+            attention_levels=(False,) * levels, latent_channels=cfg.latent_channels,
+            norm_num_groups=cfg.norm_num_groups, norm_eps=1e-6,
+            with_encoder_nonlocal_attn=cfg.attention, with_decoder_nonlocal_attn=cfg.attention,
+            include_fc=False, use_checkpointing=False, use_convtranspose=False,
+            num_splits=1, dim_split=0, norm_float16=False, print_info=False, save_mem=False,
+        )
+
+
+def downsample_factor(cfg: AutoencoderConfig | SynthaugConfig) -> int:
+    """Voxels per latent voxel along each axis: ``2 ** (len(channels) - 1)``.
+
+    Given a whole ``SynthaugConfig``, also checks that ``data.image_shape`` is divisible by it.
+    """
+    ae = cfg.autoencoder if isinstance(cfg, SynthaugConfig) else cfg
+    factor = 2 ** (len(ae.channels) - 1)
+    if isinstance(cfg, SynthaugConfig):
+        check_image_shape(cfg.data.image_shape, ae)
+    return factor
+
+
+def check_image_shape(image_shape: Sequence[int], cfg: AutoencoderConfig) -> None:
+    """Raise ``ConfigError`` unless every side of ``image_shape`` is a multiple of the downsampling factor."""
+    factor = 2 ** (len(cfg.channels) - 1)
+    if any(int(s) % factor for s in image_shape):
+        fixed = [max(factor, int(s) // factor * factor) for s in image_shape]
+        raise ConfigError(
+            f"image shape {list(image_shape)} is not divisible by the autoencoder's downsampling factor {factor}",
+            where="data.image_shape",
+            fix=f"use a multiple of {factor} on every side, e.g. {fixed}",
+        )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: the autoencoder once stage 1 is done."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------- loss
+
+
+def autoencoder_loss(
+    recon: Tensor,
+    x: Tensor,
+    z_mu: Tensor,
+    z_sigma: Tensor,
+    cfg: AutoencoderConfig,
+    *,
+    perceptual: nn.Module | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """L1 + ``kl_weight`` * KL (+ ``perceptual_weight`` * 2.5D perceptual). Returns (loss, float parts).
+
+    KL is the sum over latent elements, averaged over the batch (as MONAI's tutorials). ``perceptual``
+    is a ``build_perceptual_loss`` module, built here when the config asks for one and none is given.
+    ``generator`` picks the perceptual slices.
+    """
+    l1 = (recon.float() - x.float()).abs().mean()
+    mu, sigma = z_mu.float(), z_sigma.float()
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2.0 * torch.log(sigma) - 1.0).flatten(1).sum(1).mean()
+    loss = l1 + cfg.kl_weight * kl
+    parts = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+    if cfg.perceptual_weight > 0:
+        if perceptual is None:
+            perceptual = build_perceptual_loss(cfg).to(x.device)
+        p = perceptual(recon.float(), x.float(), generator=generator)
+        loss = loss + cfg.perceptual_weight * p
+        parts["perceptual"] = float(p.detach())
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+class SlicePerceptualLoss(nn.Module):
+    """MONAI's 2.5D ``PerceptualLoss`` (torchvision ResNet-50 on slices of all three axes), frozen, from local weights.
+
+    MONAI draws the slices with the global RNG; here each call seeds that draw from ``generator``
+    inside a forked RNG, so results are reproducible and the global state is untouched.
+    """
+
+    def __init__(self, state_dict: Mapping[str, Tensor], fake_3d_ratio: float = PERCEPTUAL_SLICE_FRACTION) -> None:
+        super().__init__()
+        from monai.losses import PerceptualLoss
+
+        # pretrained=False: torchvision builds the bare network, nothing is downloaded.
+        self.loss = PerceptualLoss(spatial_dims=3, network_type="resnet50", is_fake_3d=True,
+                                   fake_3d_ratio=fake_3d_ratio, pretrained=False)
+        self.loss.perceptual_function.model.load_state_dict(state_dict, strict=True)
+        freeze(self)
+
+    def train(self, mode: bool = True) -> SlicePerceptualLoss:
+        return super().train(False)  # batch norm statistics stay those of the pretrained network
+
+    def forward(self, recon: Tensor, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Perceptual distance between ``(B, C, X, Y, Z)`` volumes in [0, 1]; a scalar."""
+        seed = 0 if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.loss(recon, x)
+
+
+def build_perceptual_loss(cfg: AutoencoderConfig, fake_3d_ratio: float = PERCEPTUAL_SLICE_FRACTION) -> SlicePerceptualLoss:
+    """The perceptual term from ``cfg.perceptual_weights``: a local torchvision ResNet-50 state dict.
+
+    Accepts ``.safetensors`` or a ``torch.save`` file (read with ``weights_only=True``), optionally
+    nested under ``state_dict``/``model`` and with a DDP ``module.`` prefix. Never downloads.
+    """
+    where = "autoencoder.perceptual_weights"
+    if not cfg.perceptual_weights:
+        raise ConfigError("autoencoder.perceptual_weight > 0 needs local ResNet-50 weights", where=where,
+                          fix="set it to a torchvision ResNet-50 state dict (.safetensors or .pth), "
+                              "or set autoencoder.perceptual_weight=0")
+    path = Path(cfg.perceptual_weights).expanduser()
+    if not path.is_file():
+        raise ConfigError("perceptual network weights file not found", where=str(path),
+                          fix=f"check {where}, or set autoencoder.perceptual_weight=0")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"cannot read perceptual weights ({exc.__class__.__name__})", where=str(path),
+                          fix="give a torchvision ResNet-50 state dict as .safetensors or a weights-only .pth") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise ConfigError("perceptual weights are not a state dict", where=str(path),
+                          fix="give a torchvision ResNet-50 state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    try:
+        return SlicePerceptualLoss(state, fake_3d_ratio=fake_3d_ratio)
+    except RuntimeError as exc:
+        raise ConfigError("perceptual weights do not match torchvision's ResNet-50", where=str(path),
+                          fix="give a torchvision resnet50 state dict (keys conv1.weight, layer1.0..., fc.*)") from exc
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """Autocast dtype for ``precision`` on ``device``: None (fp32), bf16 or fp16. ``auto``: bf16 on CPU, fp16 on CUDA."""
+    device_type = torch.device(device).type
+    if precision == "auto":
+        precision = "fp16" if device_type == "cuda" else "bf16"
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    raise ConfigError(f"unknown precision {precision!r}", where="train.precision", fix="use auto, fp32, bf16 or fp16")
+
+
+def train_autoencoder(
+    model: nn.Module,
+    volumes: Volumes,
+    cfg: AutoencoderConfig,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+    seed: int = 0,
+    augment: bool = True,
+    progress: Progress | None = None,
+) -> list[dict]:
+    """Train ``model`` in place for ``cfg.steps`` AdamW steps; returns one record per step.
+
+    ``volumes`` holds ``(C, X, Y, Z)`` tensors (or MONAI dicts with an ``"image"`` key), every side a
+    multiple of ``downsample_factor(cfg)``. Batches of ``cfg.batch_size`` are drawn epoch by epoch
+    from a generator seeded with ``seed``; ``augment`` flips left-right at random. ``precision``:
+    autocast dtype (``auto`` = bf16 on CPU, about 2x faster there; fp16 on CUDA with loss scaling).
+    ``progress(step, total, record)`` is called after every step.
+    """
+    n = len(volumes)
+    if n == 0:
+        raise InputError("no volumes to train the autoencoder on", where="autoencoder training",
+                         fix="check the manifest's train split")
+    device = torch.device(device)
+    factor = downsample_factor(cfg)
+    perceptual = build_perceptual_loss(cfg).to(device) if cfg.perceptual_weight > 0 else None
+    dtype = resolve_precision(precision, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    generator = torch.Generator().manual_seed(seed)
+    batches = _batch_indices(n, cfg.batch_size, generator)
+
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    for step in range(1, cfg.steps + 1):
+        x = torch.stack([_volume(volumes[i], factor, i) for i in next(batches)])  # (B, C, X, Y, Z)
+        if augment:
+            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1, 1)
+            x = torch.where(flip, x.flip(2), x)
+        x = x.to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            z_mu, z_sigma = model.encode(x)
+            eps = torch.randn(z_mu.shape, generator=generator).to(device)
+            recon = model.decode(z_mu + z_sigma * eps)
+            loss, parts = autoencoder_loss(recon, x, z_mu, z_sigma, cfg, perceptual=perceptual, generator=generator)
+        if not math.isfinite(parts["loss"]):
+            raise SynthaugError(f"autoencoder loss is not finite at step {step}", where="autoencoder training",
+                                fix="lower autoencoder.lr or train with precision fp32")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        record = {"step": step, **parts}
+        history.append(record)
+        if progress is not None:
+            progress(step, cfg.steps, record)
+    model.eval()
+    return history
+
+
+def _batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless batches of indices: every volume once per epoch, in a fresh seeded order each epoch."""
+    order: list[int] = []
+    while True:
+        batch = []
+        while len(batch) < batch_size:
+            if not order:
+                order = torch.randperm(n, generator=generator).tolist()
+            batch.append(order.pop())
+        yield batch
+
+
+# ------------------------------------------------------------------------------- encoding, decoding
+
+
+@torch.no_grad()
+def encode_volumes(
+    model: nn.Module,
+    volumes: Volumes,
+    *,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Encode every volume: ``(N, latent_channels, X/f, Y/f, Z/f)`` float32 on CPU, f = downsampling factor.
+
+    The posterior mean by default (``AutoencoderConfig.latent_sampling`` False); ``sample=True`` draws
+    ``mu + sigma * noise`` with the noise from ``generator`` (required, for reproducibility).
+    """
+    if sample and generator is None:
+        raise ValueError("encode_volumes(sample=True) needs an explicit torch.Generator")
+    device = torch.device(device)
+    factor = _model_factor(model)
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(volumes), batch_size):
+        idx = range(start, min(start + batch_size, len(volumes)))
+        x = torch.stack([_volume(volumes[i], factor, i) for i in idx]).to(device)
+        z_mu, z_sigma = model.encode(x)
+        if sample:
+            noise = torch.randn(z_mu.shape, generator=generator, device=generator.device, dtype=z_mu.dtype)
+            z_mu = z_mu + z_sigma * noise.to(device)
+        out.append(z_mu.float().cpu())
+    if not out:
+        raise InputError("no volumes to encode", where="encode_volumes", fix="pass at least one volume")
+    return torch.cat(out)
+
+
+def scale_factor(latents: Tensor) -> float:
+    """``1 / std`` over every element of ``latents`` (the whole training set), accumulated in float64.
+
+    The (unbiased) std of the reference, but over all cases instead of the first batch.
+    """
+    if latents.numel() < 2:
+        raise InputError("need at least two latent values to compute a scale factor", where="scale_factor",
+                         fix="encode the training set first")
+    chunks = latents.reshape(latents.shape[0], -1) if latents.dim() > 1 else latents.reshape(1, -1)
+    step = max(1, (1 << 24) // max(1, chunks.shape[1]))  # about 16M values per float64 chunk
+    total = 0.0
+    for i in range(0, chunks.shape[0], step):
+        total += float(chunks[i:i + step].to(torch.float64).sum())
+    mean = total / latents.numel()
+    sq = 0.0
+    for i in range(0, chunks.shape[0], step):
+        sq += float((chunks[i:i + step].to(torch.float64) - mean).pow(2).sum())
+    std = math.sqrt(sq / (latents.numel() - 1))
+    if not math.isfinite(std) or std == 0.0:
+        raise InputError(f"latents have std {std}; cannot scale them", where="scale_factor",
+                         fix="check that the autoencoder was trained and the volumes are not constant")
+    return 1.0 / std
+
+
+@torch.no_grad()
+def decode_latents(
+    model: nn.Module,
+    latents: Tensor,
+    *,
+    batch_size: int = 1,
+    device: str | torch.device = "cpu",
+    num_splits: int | None = None,
+) -> Tensor:
+    """Decode ``(N, latent_channels, x, y, z)`` latents (unscaled: divide by the scale factor first) to volumes.
+
+    Returns ``(N, C, x*f, y*f, z*f)`` float32 on CPU. A MAISI autoencoder decodes with its split
+    convolutions along X: ``num_splits`` pieces (None = the most, up to 16, that keep each piece at
+    least 8 latent voxels thick and divide the size exactly); 1 turns splitting off.
+    """
+    device = torch.device(device)
+    model.to(device).eval()
+    splits = 1
+    if isinstance(model, AutoencoderKlMaisi):
+        splits = _maisi_splits(int(latents.shape[2]), num_splits)
+    out = []
+    with _decoder_splits(model, splits):
+        for start in range(0, latents.shape[0], batch_size):
+            z = latents[start:start + batch_size].to(device=device, dtype=torch.float32)
+            out.append(model.decode(z).float().cpu())
+    if not out:
+        raise InputError("no latents to decode", where="decode_latents", fix="pass at least one latent")
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------- weights
+
+
+def save_autoencoder(model: nn.Module, path: str | Path) -> Path:
+    """Write the weights as safetensors (the bundle's ``autoencoder.safetensors``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def load_autoencoder(cfg: AutoencoderConfig, path: str | Path, in_channels: int = 1) -> nn.Module:
+    """Build the autoencoder of ``cfg``, load safetensors weights from ``path`` and freeze it."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("autoencoder weights not found", where=str(path), fix="train it, or check the bundle folder")
+    model = build_autoencoder(cfg, in_channels)
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except RuntimeError as exc:
+        raise InputError("autoencoder weights do not match the autoencoder config", where=str(path),
+                         fix="use the config the weights were trained with") from exc
+    return freeze(model)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Run the block with the CPU RNG seeded, restoring the global state afterwards (no-op for None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+def _volume(item: Any, factor: int, index: int) -> Tensor:
+    """One dataset item -> ``(C, X, Y, Z)`` float32 tensor, every side a multiple of ``factor``."""
+    if isinstance(item, Mapping):
+        if "image" not in item:
+            raise InputError("dataset item has no 'image' key", where=f"volume {index}",
+                             fix="return tensors or MONAI dicts with an 'image' entry")
+        item = item["image"]
+    x = torch.as_tensor(np.asarray(item) if not isinstance(item, Tensor) else item)
+    if hasattr(x, "as_tensor"):  # MONAI MetaTensor -> plain tensor
+        x = x.as_tensor()
+    if x.dim() != 4:
+        raise InputError(f"expected a (C, X, Y, Z) volume, got shape {list(x.shape)}", where=f"volume {index}",
+                         fix="add the channel axis first")
+    if any(s % factor for s in x.shape[1:]):
+        raise InputError(f"volume shape {list(x.shape[1:])} is not divisible by the downsampling factor {factor}",
+                         where=f"volume {index}", fix=f"crop or pad every side to a multiple of {factor}")
+    return x.float()
+
+
+def _model_factor(model: nn.Module) -> int:
+    """Downsampling factor of a built autoencoder: 2 per downsampling layer in its encoder."""
+    downs = sum(isinstance(m, (AEKLDownsample, MaisiDownsample)) for m in model.modules())
+    return 2**downs
+
+
+def _maisi_splits(size: int, requested: int | None) -> int:
+    """Number of pieces MAISI's split convolutions cut a ``size``-voxel latent axis into."""
+    if requested is None:
+        return max(d for d in range(1, 17) if size % d == 0 and size // d >= 8) if size >= 8 else 1
+    if requested < 1 or size % requested or size // requested < 4:
+        raise InputError(f"cannot split a latent axis of {size} voxels into {requested} pieces",
+                         where="decode_latents(num_splits)",
+                         fix="use a divisor of the size that leaves at least 4 voxels per piece, or None")
+    return requested
+
+
+@contextlib.contextmanager
+def _decoder_splits(model: nn.Module, splits: int) -> Iterator[None]:
+    """Temporarily set every MAISI decoder convolution to ``splits`` pieces (no-op for 1 or MONAI models)."""
+    convs = [m for m in getattr(model, "decoder", nn.Module()).modules() if isinstance(m, MaisiConvolution)]
+    saved = [m.num_splits for m in convs]
+    try:
+        for m in convs:
+            m.num_splits = splits
+        yield
+    finally:
+        for m, s in zip(convs, saved):
+            m.num_splits = s

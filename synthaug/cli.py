@@ -100,6 +100,31 @@ def cmd_picai(args: argparse.Namespace) -> int:
     return _show_dataset(result.manifest, console, read_images=False)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from synthaug.ldm.train import train_generator
+    from synthaug.report import stage_progress
+
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own bars say what is loading
+    cfg = _config(args)
+    console = _console()
+    with stage_progress(console) as update:
+        result = train_generator(args.data, args.out, cfg, autoencoder=args.autoencoder, work_dir=args.work,
+                                 resume=args.resume, overwrite=args.overwrite, device=args.device, progress=update)
+    table = Table(title="Trained bundle")
+    table.add_column("what")
+    table.add_column("value")
+    for what, value in (("bundle", str(result.bundle)), ("fingerprint", result.fingerprint[:16]),
+                        ("LDM steps", str(result.steps)), ("final loss", f"{result.final_loss:.4f}"),
+                        ("wall time", f"{result.seconds / 60:.1f} min")):
+        table.add_row(what, value)
+    console.print(table)
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from synthaug.config import dump_config
 
@@ -144,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true", help="skip marksheet cases without images")
     _add_config_options(p)
     p.set_defaults(func=cmd_picai)
+
+    p = sub.add_parser("train", help="train the CCELLA generator (VAE, then LDM) and write a bundle")
+    p.add_argument("--data", type=Path, required=True, help="manifest; its 'train' split is used")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--autoencoder", type=Path, help="a trained bundle or autoencoder .safetensors to reuse")
+    p.add_argument("--work", type=Path, help="folder for caches and checkpoints (default: OUT.work)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle / discard checkpoints")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_train)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
                                                                                  metavar="COMMAND", parser_class=_Parser)

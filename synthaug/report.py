@@ -27,6 +27,23 @@ def progress_bar(description: str, console: Console | None = None) -> Iterator[C
         yield update
 
 
+@contextlib.contextmanager
+def stage_progress(console: Console | None = None) -> Iterator[Callable[[str, int, int, dict], None]]:
+    """Yield a ``(stage, done, total, logs)`` callback: one bar per stage, with loss and it/s when given."""
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[logs]}"))
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int, logs: dict) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total, logs="")
+            shown = "  ".join(f"{k} {logs[k]:.4g}" for k in ("loss", "l1", "focal", "it_s") if k in logs)
+            progress.update(tasks[stage], completed=done, total=total, logs=shown)
+
+        yield update
+
+
 def _labels(summary: DatasetSummary) -> list[int]:
     return sorted({label for (_, label) in summary.cases})
 

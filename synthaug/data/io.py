@@ -7,6 +7,7 @@ MONAI's convention), so a volume read here matches what MONAI's ``LoadImaged`` y
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -170,6 +171,20 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     return Volume(array=check_volume_array(array, str(path)), affine=affine)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(beside: Path) -> Path:
+    """A new empty folder next to ``beside`` (same file system, so a rename onto it is atomic)."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
@@ -181,6 +196,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -214,3 +230,33 @@ def write_nifti(
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict:
+    """Tensors of a safetensors file; a pickle or a truncated file is a clear ``InputError``, never unpickled."""
+    from safetensors.torch import load_file
+
+    from synthaug.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("weights file not found", where=str(path), fix="check the path")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head == b"PK" or head[:1] == b"\x80":
+        raise InputError("is a pickle/torch.save file, not safetensors", where=str(path),
+                         fix="convert it with safetensors.torch.save_file (synthaug never loads pickles)")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for bad headers and short files
+        raise InputError(f"is not a readable safetensors file ({exc})", where=str(path),
+                         fix="the file is truncated or corrupt; write it again") from exc

@@ -1,0 +1,173 @@
+"""A trained generator as a folder: ``config.json`` + ``*.safetensors`` + ``train_cases.jsonl`` + ``fingerprint``.
+
+    save_bundle("runs/b", cfg, autoencoder, ldm, ldm_ema, info, train_cases)
+    bundle = load_bundle("runs/b")            # verified against its fingerprint; models on the device
+    bundle.ldm_ema or bundle.ldm, bundle.scale_factor, bundle.info["text"]["fingerprint"]
+
+Never pickle: weights are safetensors, metadata JSON. The fingerprint is a sha256 over every file of
+the bundle, so a cache or a sweep can tell which generator made its data and refuse a stranger's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from synthaug.config import SynthaugConfig
+from synthaug.data.io import file_sha256, load_weights, make_temp_dir
+from synthaug.errors import ConfigError, InputError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+AUTOENCODER_FILE = "autoencoder.safetensors"
+LDM_FILE = "ldm.safetensors"
+LDM_EMA_FILE = "ldm_ema.safetensors"
+CASES_FILE = "train_cases.jsonl"
+FINGERPRINT_FILE = "fingerprint"
+REQUIRED_FILES = (CONFIG_FILE, AUTOENCODER_FILE, LDM_FILE, CASES_FILE)
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: config, metadata, models (eval mode, frozen) and the training cases' reports."""
+
+    path: Path
+    config: SynthaugConfig
+    info: dict[str, Any]  # scale_factor, text encoder id/fingerprint/dim, latent shape, data stats, versions
+    autoencoder: nn.Module
+    ldm: nn.Module
+    ldm_ema: nn.Module | None
+    train_cases: list[dict[str, Any]] = field(default_factory=list)  # case_id, label, report
+    fingerprint: str = ""
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self.info["scale_factor"])
+
+    @property
+    def train_case_ids(self) -> set[str]:
+        return {c["case_id"] for c in self.train_cases}
+
+
+def compute_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """sha256 over the names and contents of every bundle file except ``fingerprint`` itself."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != FINGERPRINT_FILE):
+        h.update(f"{name}\0{file_sha256(folder / name)}\n".encode())
+    return h.hexdigest()
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_bundle(
+    path: str | os.PathLike[str],
+    config: SynthaugConfig,
+    autoencoder: nn.Module,
+    ldm: nn.Module,
+    ldm_ema: nn.Module | None,
+    info: dict[str, Any],
+    train_cases: list[dict[str, Any]],
+    overwrite: bool = False,
+) -> str:
+    """Write a bundle folder atomically (built beside ``path``, renamed at the end); return its fingerprint."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise InputError("bundle folder exists and is not empty", where=str(path),
+                         fix="choose another --out or pass --overwrite")
+    tmp = make_temp_dir(path)
+    try:
+        document = {"format_version": FORMAT_VERSION, "config": config.to_dict(), **info}
+        (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_file(_state(autoencoder), str(tmp / AUTOENCODER_FILE))
+        save_file(_state(ldm), str(tmp / LDM_FILE))
+        if ldm_ema is not None:
+            save_file(_state(ldm_ema), str(tmp / LDM_EMA_FILE))
+        (tmp / CASES_FILE).write_text(
+            "".join(json.dumps(c, ensure_ascii=False, sort_keys=True) + "\n" for c in train_cases), encoding="utf-8")
+        fingerprint = compute_fingerprint(tmp)
+        (tmp / FINGERPRINT_FILE).write_text(fingerprint + "\n", encoding="utf-8")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return fingerprint
+
+
+def read_bundle_info(path: str | os.PathLike[str], verify: bool = True) -> tuple[dict[str, Any], str]:
+    """``config.json`` of a bundle and its fingerprint, checked against the files unless ``verify`` is False."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError("bundle folder not found", where=str(path), fix="pass the folder `synthaug train` wrote")
+    missing = [name for name in (*REQUIRED_FILES, FINGERPRINT_FILE) if not (path / name).is_file()]
+    if missing:
+        raise InputError(f"bundle is missing {', '.join(missing)}", where=str(path),
+                         fix="copy the whole bundle folder, or train it again")
+    stated = (path / FINGERPRINT_FILE).read_text(encoding="utf-8").strip()
+    if verify and compute_fingerprint(path) != stated:
+        raise InputError("bundle files do not match its fingerprint (changed or corrupt)", where=str(path),
+                         fix="restore the original files or train the bundle again")
+    try:
+        document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{CONFIG_FILE} is not valid JSON", where=str(path), fix="train the bundle again") from exc
+    if document.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"bundle format {document.get('format_version')!r} is not {FORMAT_VERSION}",
+                         where=str(path), fix="use the synthaug version that wrote it, or train it again")
+    return document, stated
+
+
+def load_state(model: nn.Module, file: str | os.PathLike[str]) -> nn.Module:
+    """Load safetensors weights into ``model`` strictly; a wrong architecture is an ``InputError``."""
+    try:
+        model.load_state_dict(load_weights(file), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "shape or key mismatch"
+        raise InputError(f"weights do not fit the configured model ({first})", where=str(file),
+                         fix="use the config the weights were trained with") from exc
+    return model
+
+
+def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu", verify: bool = True) -> Bundle:
+    """Rebuild the autoencoder and LDM of a bundle from its config and weights, verified, frozen, in eval mode."""
+    from synthaug.ldm.autoencoder import build_autoencoder
+    from synthaug.ldm.model import CCELLALDM
+
+    path = Path(path)
+    document, fingerprint = read_bundle_info(path, verify=verify)
+    try:
+        config = SynthaugConfig.model_validate(document["config"])
+    except Exception as exc:  # pydantic ValidationError or a missing key
+        raise ConfigError(f"bundle config is invalid ({type(exc).__name__})", where=str(path / CONFIG_FILE),
+                          fix="use the synthaug version that wrote it") from exc
+    info = {k: v for k, v in document.items() if k not in ("config", "format_version")}
+    text_dim = int(info["text"]["dim"])
+
+    def built(module: nn.Module, file: str) -> nn.Module:
+        module = load_state(module, path / file).to(device).eval()
+        module.requires_grad_(False)
+        return module
+
+    autoencoder = built(build_autoencoder(config.autoencoder), AUTOENCODER_FILE)
+    ldm = built(CCELLALDM.from_config(config, text_dim), LDM_FILE)
+    ema = built(CCELLALDM.from_config(config, text_dim), LDM_EMA_FILE) if (path / LDM_EMA_FILE).is_file() else None
+    cases = [json.loads(line) for line in (path / CASES_FILE).read_text(encoding="utf-8").splitlines() if line]
+    return Bundle(path=path, config=config, info=info, autoencoder=autoencoder, ldm=ldm, ldm_ema=ema,
+                  train_cases=cases, fingerprint=fingerprint)

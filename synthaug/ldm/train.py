@@ -1,0 +1,478 @@
+"""Train the CCELLA latent diffusion model end to end and write a bundle.
+
+    result = train_generator("phantom/manifest.jsonl", "runs/bundle", load_config(preset="tiny"))
+
+Stages (each cached in the work folder, so a re-run or ``resume=True`` repeats nothing finished):
+1. the manifest's train split is preprocessed (``synthaug.data.transforms``);
+2. the 3D VAE is trained (or loaded from ``autoencoder=``), the cases are encoded once to latents and
+   the scale factor is 1/std over all of them;
+3. reports are encoded once by the frozen text encoder (``synthaug.text``);
+4. the LDM (adapter + U-Net) trains on the cached latents with the joint loss: AdamW, polynomial
+   decay, gradient clipping, autocast, EMA, text dropout; checkpoints every N steps and on
+   SIGINT/SIGTERM; ``resume=True`` continues exactly where the last checkpoint left off;
+5. the bundle (``synthaug.ldm.bundle``) is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.networks.schedulers import DDPMScheduler
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from synthaug import __version__
+from synthaug.config import SynthaugConfig
+from synthaug.data.io import atomic_write_text, file_sha256, read_volume
+from synthaug.data.manifest import CaseRecord, Manifest, load_manifest
+from synthaug.errors import ConfigError, InputError, SynthaugError
+from synthaug.ldm import checkpoint as ckpt
+from synthaug.ldm.autoencoder import (
+    build_autoencoder,
+    check_image_shape,
+    downsample_factor,
+    encode_volumes,
+    load_autoencoder,
+    resolve_precision,
+    save_autoencoder,
+    scale_factor,
+    train_autoencoder,
+)
+from synthaug.ldm.bundle import AUTOENCODER_FILE, read_bundle_info, save_bundle
+from synthaug.ldm.model import CCELLALDM, joint_loss, text_dropout
+
+Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, logs)
+
+
+class TrainingInterrupted(SynthaugError):
+    """SIGINT/SIGTERM arrived; a checkpoint was written and ``--resume`` continues from it."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainResult:
+    bundle: Path
+    fingerprint: str
+    steps: int
+    seconds: float
+    final_loss: float
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- data
+
+
+def training_cases(manifest: Manifest) -> list[CaseRecord]:
+    """The train split; refuses one with no cases or a single class (nothing to condition on)."""
+    cases = manifest.split("train")
+    where = str(manifest.path)
+    if not cases:
+        raise InputError("manifest has no cases in the 'train' split", where=where,
+                         fix="mark the training cases with \"split\": \"train\"")
+    labels = {c.label for c in cases}
+    if len(labels) < 2:
+        raise InputError(f"the train split has only label {labels.pop()}", where=where,
+                         fix="the class-conditioned model needs positive and negative training cases")
+    return cases
+
+
+def data_key(manifest: Manifest, cases: list[CaseRecord], cfg: SynthaugConfig) -> str:
+    """Identity of the training data: case ids, labels, reports, image bytes and preprocessing settings."""
+    files = [(c.case_id, c.label, c.report, [file_sha256(p) for p in manifest.resolved_images(c).values()])
+             for c in cases]
+    return _hash(files, cfg.data.model_dump(mode="json"))
+
+
+def load_volumes(manifest: Manifest, cases: list[CaseRecord], cfg: SynthaugConfig,
+                 progress: Progress | None = None) -> torch.Tensor:
+    """Preprocess the cases' images into one tensor ``(N, C, X, Y, Z)`` in [0, 1]."""
+    from synthaug.data.transforms import preprocessing_transforms
+
+    preprocess = preprocessing_transforms(cfg.data)
+    items = {i["case_id"]: i for i in manifest.items("train")}
+    out = []
+    for n, case in enumerate(cases, start=1):
+        out.append(torch.as_tensor(preprocess(dict(items[case.case_id]))["image"]).float())
+        if progress:
+            progress("preprocess", n, len(cases), {})
+    return torch.stack(out)
+
+
+def intensity_stats(manifest: Manifest, cases: list[CaseRecord]) -> dict[str, float]:
+    """Median raw T2W percentiles (0, 99.5) of the training cases: maps [0, 1] back to scanner-like units."""
+    lows, highs = [], []
+    for case in cases:
+        array = read_volume(manifest.resolved_images(case)["image"]).array
+        low, high = np.percentile(array, [0.0, 99.5])
+        lows.append(float(low))
+        highs.append(float(high))
+    return {"p0_median": float(np.median(lows)), "p99_5_median": float(np.median(highs))}
+
+
+# ---------------------------------------------------------------- stage 1: autoencoder and latents
+
+
+def prepare_autoencoder(cfg: SynthaugConfig, volumes: torch.Tensor, work: Path, key: str, *,
+                        autoencoder: str | Path | None, device: torch.device,
+                        progress: Progress | None) -> tuple[torch.nn.Module, str]:
+    """Load the user's VAE, reuse one trained earlier in ``work``, or train one; returns (model, weights hash)."""
+    if autoencoder is not None:
+        source = Path(autoencoder)
+        if source.is_dir():
+            document, _ = read_bundle_info(source)
+            if document["config"]["autoencoder"] != cfg.autoencoder.model_dump(mode="json"):
+                raise ConfigError("the bundle's autoencoder settings differ from this config", where=str(source),
+                                  fix="train with the same autoencoder settings or without --autoencoder")
+            source = source / AUTOENCODER_FILE
+        model = load_autoencoder(cfg.autoencoder, source, in_channels=volumes.shape[1])
+        return model.to(device).eval(), file_sha256(source)
+    file = work / f"autoencoder-{_hash(key, cfg.autoencoder.model_dump(mode='json'), cfg.train.seed)}.safetensors"
+    if file.is_file():
+        return load_autoencoder(cfg.autoencoder, file, in_channels=volumes.shape[1]).to(device).eval(), file_sha256(file)
+    model = build_autoencoder(cfg.autoencoder, in_channels=volumes.shape[1], seed=cfg.train.seed)
+    report = (lambda step, total, logs: progress("autoencoder", step, total, logs)) if progress else None
+    train_autoencoder(model, list(volumes), cfg.autoencoder, device=device, precision=cfg.train.precision,
+                      seed=cfg.train.seed, progress=report)
+    save_autoencoder(model, file)
+    return model.eval(), file_sha256(file)
+
+
+def prepare_latents(model: torch.nn.Module, volumes: torch.Tensor, work: Path, ae_hash: str,
+                    cfg: SynthaugConfig, device: torch.device) -> torch.Tensor:
+    """Encode every training case once (posterior mean unless ``latent_sampling``); cached by VAE hash."""
+    from safetensors.torch import load_file, save_file
+
+    from synthaug.data.io import atomic_path
+
+    file = work / f"latents-{_hash(ae_hash, volumes.shape, cfg.autoencoder.latent_sampling, cfg.train.seed)}.safetensors"
+    if file.is_file():
+        return load_file(str(file))["latents"]
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    latents = encode_volumes(model, list(volumes), batch_size=cfg.autoencoder.batch_size, device=device,
+                             sample=cfg.autoencoder.latent_sampling, generator=generator).float().cpu()
+    with atomic_path(file) as tmp:
+        save_file({"latents": latents.contiguous()}, str(tmp))
+    return latents
+
+
+# ---------------------------------------------------------------- stage 2: text
+
+
+def prepare_text(cfg: SynthaugConfig, reports: list[str], work: Path, progress: Progress | None):  # noqa: ANN201
+    """Encode the training reports and the empty report once; returns (encoder, features, mask, isnull, null)."""
+    from synthaug.text.encoder import TextEncoder
+    from synthaug.text.store import EmbeddingStore
+
+    encoder = TextEncoder.from_config(cfg.text)
+    store = EmbeddingStore(work / "text", encoder)
+    report = (lambda done, total: progress("text", done, total, {})) if progress else None
+    store.precompute([*reports, ""], progress=report)
+    batch = store.get(reports)  # (N, T, D), padded to the longest report
+    null = store.get([""])
+    return encoder, batch, null
+
+
+# ---------------------------------------------------------------- stage 3: the LDM
+
+
+def epoch_batch(step: int, n: int, batch_size: int, seed: int, cache: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Indices of batch ``step``: every case once per epoch, a fresh seeded order per epoch, stateless."""
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    out = []
+    for p in positions:
+        epoch = p // n
+        if epoch not in cache:
+            cache.clear()  # keep only the current epoch's order
+            cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.append(int(cache[epoch][p % n]))
+    return torch.tensor(out)
+
+
+def noise_scheduler(cfg: SynthaugConfig) -> DDPMScheduler:
+    d = cfg.diffusion
+    return DDPMScheduler(num_train_timesteps=d.num_train_timesteps, schedule=d.schedule, beta_start=d.beta_start,
+                         beta_end=d.beta_end, prediction_type="epsilon" if d.prediction == "eps" else "v_prediction",
+                         clip_sample=False)
+
+
+def parameter_groups(model: CCELLALDM, cfg: SynthaugConfig) -> list[dict]:
+    """One group at lr, or the reference's three: U-Net lr, adapter lr/10, final classifier lr/100."""
+    lr = cfg.train.lr
+    if not cfg.train.lr_groups:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    final = list(model.adapter.classifier.parameters())
+    final_ids = {id(p) for p in final}
+    adapter = [p for p in model.adapter.parameters() if id(p) not in final_ids]
+    return [{"params": list(model.unet.parameters()), "lr": lr},
+            {"params": adapter, "lr": lr / 10}, {"params": final, "lr": lr / 100}]
+
+
+@contextmanager
+def _stop_signals():
+    """Turn SIGINT/SIGTERM into a flag the loop checks after each step (to checkpoint and stop)."""
+    flag = {"stop": None}
+
+    def handler(signum, frame):  # noqa: ANN001
+        flag["stop"] = signal.Signals(signum).name
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in previous:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class LDMTrainer:
+    """The LDM optimisation loop on cached latents and text features, with exact checkpoint/resume."""
+
+    def __init__(self, cfg: SynthaugConfig, latents: torch.Tensor, labels: torch.Tensor, text, null,  # noqa: ANN001
+                 device: torch.device, run_key: str, work: Path) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.latents, self.labels = latents, labels  # (N, C, d, h, w) scaled, (N,)
+        self.text, self.null = text, null
+        self.run_key = run_key
+        self.checkpoints = work / "checkpoints"
+        self.log_file = work / "ldm_log.jsonl"
+        torch.manual_seed(cfg.train.seed)  # parameter init; every later draw uses self.generator
+        self.model = CCELLALDM.from_config(cfg, text_dim=text.features.shape[-1]).to(device)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+                    if cfg.train.ema_decay > 0 else None)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg), lr=cfg.train.lr,
+                                           weight_decay=cfg.train.weight_decay)
+        steps, power = cfg.train.steps, cfg.train.lr_power
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: max(0.0, 1.0 - s / steps) ** power)
+        self.scheduler = noise_scheduler(cfg)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.dtype = resolve_precision(cfg.train.precision, device, cpu_auto="fp32")
+        self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
+        self.spacing = torch.tensor(cfg.data.spacing, dtype=torch.float32)
+        self.step = 0
+        self._perms: dict[int, torch.Tensor] = {}
+        self.probe = self._probe_batch()
+
+    def _probe_batch(self) -> dict[str, torch.Tensor]:
+        """A fixed batch (first cases, fixed noise, timesteps spread over the schedule) for a low-noise loss curve."""
+        n = min(8, len(self.latents))
+        g = torch.Generator().manual_seed(self.cfg.train.seed + 1)  # never touches the training generator
+        x0 = self.latents[:n]
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.linspace(0, self.cfg.diffusion.num_train_timesteps - 1, n).long()
+        target = noise if self.cfg.diffusion.prediction == "eps" else self.scheduler.get_velocity(x0, noise, t)
+        return {"x_t": self.scheduler.add_noise(x0, noise, t), "t": t, "target": target,
+                "text": self.text.features[:n].float(), "mask": self.text.mask[:n]}
+
+    @torch.no_grad()
+    def probe_loss(self) -> float:
+        """L1 of the model's prediction on the fixed probe batch (deterministic; falls as training works)."""
+        p, dev = self.probe, self.device
+        self.model.eval()
+        pred, _ = self.model(p["x_t"].to(dev), p["t"].to(dev), p["text"].to(dev), p["mask"].to(dev),
+                             self.spacing.expand(len(p["t"]), 3).to(dev))
+        return float(torch.nn.functional.l1_loss(pred.float(), p["target"].to(dev)))
+
+    # -- checkpoints
+    def state(self) -> dict[str, dict[str, torch.Tensor]]:
+        opt_tensors, self._opt_rest = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        groups = {"model": self.model.state_dict(), "optimizer": opt_tensors,
+                  "rng": {"generator": self.generator.get_state()}}
+        if self.ema is not None:
+            groups["ema"] = self.ema.state_dict()
+        return groups
+
+    def save(self) -> None:
+        groups = self.state()
+        meta = {"optimizer": self._opt_rest, "lr_schedule": self.lr_schedule.state_dict()}
+        ckpt.save_checkpoint(self.checkpoints, self.step, groups, meta, self.run_key)
+
+    def restore(self) -> None:
+        step, groups, meta = ckpt.load_checkpoint(self.checkpoints, self.run_key)
+        self.model.load_state_dict(groups["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(groups["ema"])
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"]))
+        self.lr_schedule.load_state_dict(meta["lr_schedule"])
+        self.generator.set_state(groups["rng"]["generator"])
+        self.step = step
+
+    # -- one step
+    def train_step(self) -> dict[str, float]:
+        cfg, g = self.cfg, self.generator
+        idx = epoch_batch(self.step, len(self.latents), cfg.train.batch_size, cfg.train.seed, self._perms)
+        x0 = self.latents[idx]  # (B, C, d, h, w)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, cfg.diffusion.num_train_timesteps, (len(idx),), generator=g)
+        x_t = self.scheduler.add_noise(x0, noise, t)
+        target = noise if cfg.diffusion.prediction == "eps" else self.scheduler.get_velocity(x0, noise, t)
+        text, mask, isnull = (self.text.features[idx].float(), self.text.mask[idx], self.text.isnull[idx])
+        text, mask, isnull = text_dropout(text, mask, isnull, self.null.features[0], self.null.mask[0],
+                                          cfg.loss.text_dropout, generator=g)
+        dev = self.device
+        self.model.train()
+        with torch.autocast(dev.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            pred, logits = self.model(x_t.to(dev), t.to(dev), text.to(dev), mask.to(dev),
+                                      self.spacing.expand(len(idx), 3).to(dev))
+            loss, logs = joint_loss(pred, target.to(dev), logits, self.labels[idx].to(dev), isnull.to(dev), cfg.loss)
+        if not math.isfinite(logs["loss"]):
+            raise SynthaugError(f"LDM loss is not finite at step {self.step + 1}", where="LDM training",
+                                fix="lower train.lr or use train.precision fp32")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        return {**logs, "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def run(self, progress: Progress | None = None) -> list[dict]:
+        """Train up to ``cfg.train.steps``, checkpointing every ``checkpoint_every`` steps and on a stop signal."""
+        cfg = self.cfg.train
+        history: list[dict] = []
+        started = time.perf_counter()
+        first = self.step
+        with _stop_signals() as flag, open(self.log_file, "a", encoding="utf-8") as log:
+            if self.step == 0:
+                log.write(json.dumps({"step": 0, "probe_l1": self.probe_loss()}) + "\n")
+            while self.step < cfg.steps:
+                logs = self.train_step()
+                logs["step"] = self.step
+                logs["it_s"] = (self.step - first) / max(time.perf_counter() - started, 1e-9)
+                history.append(logs)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    logs["probe_l1"] = self.probe_loss()
+                    log.write(json.dumps(logs) + "\n")
+                    log.flush()
+                if progress:
+                    progress("ldm", self.step, cfg.steps, logs)
+                if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.save()
+                if flag["stop"]:
+                    self.save()
+                    raise TrainingInterrupted(
+                        f"stopped by {flag['stop']} at step {self.step}; checkpoint saved",
+                        where=str(self.checkpoints), fix="run the same command with --resume to continue")
+        return history
+
+
+# ---------------------------------------------------------------- the whole pipeline
+
+
+def _versions() -> dict[str, str]:
+    import monai
+    import transformers
+
+    return {"synthaug": __version__, "torch": torch.__version__, "monai": monai.__version__,
+            "transformers": transformers.__version__}
+
+
+def train_generator(
+    manifest_path: str | Path,
+    out: str | Path,
+    cfg: SynthaugConfig,
+    *,
+    autoencoder: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train VAE (unless given) and LDM on the manifest's train split; write the bundle to ``out``.
+
+    ``work_dir`` (default ``<out>.work``) keeps caches (latents, text features), the VAE and
+    checkpoints; it is not part of the bundle and can be deleted after training.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
+    device = torch.device(device)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError("bundle folder exists and is not empty", where=str(out),
+                         fix="choose another --out or pass --overwrite")
+    check_image_shape(cfg.data.image_shape, cfg.autoencoder)
+    unet_factor = 2 ** (len(cfg.unet.channels) - 1)
+    latent_shape = [s // downsample_factor(cfg.autoencoder) for s in cfg.data.image_shape]
+    if any(s % unet_factor for s in latent_shape):
+        raise ConfigError(f"latent shape {latent_shape} is not divisible by the U-Net's downsampling {unet_factor}",
+                          where="data.image_shape",
+                          fix=f"use an image shape divisible by {unet_factor * downsample_factor(cfg.autoencoder)}")
+
+    manifest = load_manifest(manifest_path)
+    cases = training_cases(manifest)
+    key = data_key(manifest, cases, cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoints = work / "checkpoints"
+    if ckpt.has_checkpoint(checkpoints) and not (resume or overwrite):
+        raise InputError("an earlier training run left checkpoints here", where=str(checkpoints),
+                         fix="pass --resume to continue it or --overwrite to start again")
+    if overwrite and not resume:
+        ckpt.clear_checkpoints(checkpoints)
+
+    volumes = load_volumes(manifest, cases, cfg, progress)
+    vae, ae_hash = prepare_autoencoder(cfg, volumes, work, key, autoencoder=autoencoder, device=device,
+                                       progress=progress)
+    latents = prepare_latents(vae, volumes, work, ae_hash, cfg, device)
+    scale = scale_factor(latents)
+    del volumes
+    reports = [c.report for c in cases]
+    encoder, text, null = prepare_text(cfg, reports, work, progress)
+    labels = torch.tensor([c.label for c in cases])
+
+    run_key = _hash(key, ae_hash, encoder.fingerprint, cfg.to_dict())
+    trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work)
+    if resume:
+        trainer.restore()
+    history = trainer.run(progress)
+
+    info = {
+        "scale_factor": scale,
+        "latent_shape": list(latents.shape[1:]),
+        "text": {"model_id": encoder.model_id, "fingerprint": encoder.fingerprint, "dim": int(text.features.shape[-1]),
+                 "kind": encoder.kind, "max_tokens": cfg.text.max_tokens},
+        "data": {"manifest": str(Path(manifest_path).resolve()), "n_train": len(cases),
+                 "labels": {str(k): int(v) for k, v in zip(*np.unique(labels.numpy(), return_counts=True))},
+                 "image_shape": list(cfg.data.image_shape), "spacing": list(cfg.data.spacing),
+                 "intensity": intensity_stats(manifest, cases), "data_key": key},
+        "training": {"ldm_steps": trainer.step, "autoencoder_sha256": ae_hash,
+                     "final_loss": history[-1]["loss"] if history else None},
+        "versions": _versions(),
+    }
+    train_cases = [{"case_id": c.case_id, "label": c.label, "report": c.report} for c in cases]
+    ema_model = trainer.ema.module if trainer.ema is not None else None
+    fingerprint = save_bundle(out, cfg, vae, trainer.model, ema_model, info, train_cases, overwrite=overwrite)
+    atomic_write_text(work / "bundle_fingerprint", fingerprint + "\n")
+    ckpt.clear_checkpoints(checkpoints)  # training is complete; caches stay for re-use
+    return TrainResult(bundle=out, fingerprint=fingerprint, steps=trainer.step,
+                       seconds=time.perf_counter() - started,
+                       final_loss=float(history[-1]["loss"]) if history else float("nan"))

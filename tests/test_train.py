@@ -1,0 +1,179 @@
+"""Training the CCELLA generator end to end on a small phantom: bundle, exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from synthaug.config import SynthaugConfig, load_config
+from synthaug.data.io import load_weights
+from synthaug.data.manifest import load_manifest, write_manifest
+from synthaug.errors import ConfigError, InputError
+from synthaug.ldm.bundle import LDM_FILE, load_bundle
+from synthaug.ldm.train import TrainingInterrupted, train_generator
+
+# A model small enough for seconds per run: 32x32x16 images (latents 4x8x8x4).
+SMALL = [
+    "data.image_shape=[32, 32, 16]", "data.spacing=[3.0, 3.0, 6.0]", "phantom.n_cases=16",
+    "autoencoder.channels=[8, 16, 16]", "autoencoder.norm_num_groups=4", "autoencoder.steps=4",
+    "autoencoder.batch_size=2", "adapter.width=32", "adapter.layers=2", "adapter.heads=4", "adapter.num_latents=8",
+    "adapter.head_hidden=16", "unet.channels=[16, 32]", "unet.attention_levels=[false, true]",
+    "unet.num_head_channels=8", "unet.norm_num_groups=8", "text.max_tokens=64", "train.steps=6",
+    "train.batch_size=2", "train.checkpoint_every=3", "train.log_every=1",
+]
+
+
+def small_config(*extra: str) -> SynthaugConfig:
+    return load_config(overrides=[*SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from synthaug.data.phantom import write_phantom_dataset
+
+    cfg = small_config()
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "ph", cfg.data, cfg.phantom)
+
+
+@pytest.fixture(scope="module")
+def trained(phantom, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("run") / "bundle"
+    return out, train_generator(phantom, out, small_config())
+
+
+def test_bundle_round_trip_is_bit_exact(trained, phantom):
+    out, result = trained
+    bundle = load_bundle(out)
+    assert bundle.fingerprint == result.fingerprint
+    saved = load_file(str(out / LDM_FILE))
+    for key, value in bundle.ldm.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert bundle.ldm_ema is not None
+    assert bundle.train_case_ids == {r.case_id for r in load_manifest(phantom).split("train")}
+    assert bundle.scale_factor > 0 and bundle.info["latent_shape"] == [4, 8, 8, 4]
+    assert bundle.info["text"]["dim"] == 384 and len(bundle.info["text"]["fingerprint"]) == 64
+    assert set(bundle.info["versions"]) >= {"synthaug", "torch", "monai"}
+    assert bundle.config.preset == "tiny" and bundle.config.train.steps == 6
+
+
+def test_bundle_refuses_changed_or_missing_files(trained, tmp_path):
+    out, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "train_cases.jsonl").write_text("{}\n")
+    with pytest.raises(InputError, match="do not match its fingerprint"):
+        load_bundle(copy)
+    (copy / LDM_FILE).unlink()
+    with pytest.raises(InputError, match=r"bundle is missing ldm.safetensors"):
+        load_bundle(copy)
+
+
+def test_pickle_where_safetensors_expected(tmp_path):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.safetensors")
+    with pytest.raises(InputError, match="pickle/torch.save file, not safetensors"):
+        load_weights(tmp_path / "weights.safetensors")
+
+
+def test_resume_after_a_signal_gives_the_uninterrupted_parameters(trained, phantom, tmp_path):
+    out, _ = trained
+    cfg = small_config()
+
+    def kill_at_3(stage, done, total, logs):
+        if stage == "ldm" and done == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 3"):
+        train_generator(phantom, tmp_path / "b", cfg, work_dir=work, progress=kill_at_3)
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(InputError, match="pass --resume"):
+        train_generator(phantom, tmp_path / "b", cfg, work_dir=work)
+    resumed = train_generator(phantom, tmp_path / "b", cfg, work_dir=work, resume=True)
+    assert resumed.steps == 6
+    a, b = load_file(str(out / LDM_FILE)), load_file(str(tmp_path / "b" / LDM_FILE))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = [json.loads(line) for line in (work / "ldm_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_truncated_or_foreign_checkpoints(phantom, tmp_path):
+    def stop_at_3(stage, done, total, logs):
+        if stage == "ldm" and done == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted):
+        train_generator(phantom, tmp_path / "b", small_config(), work_dir=work, progress=stop_at_3)
+    with pytest.raises(InputError, match="checkpoint belongs to another run"):
+        train_generator(phantom, tmp_path / "b", small_config("train.lr=0.001"), work_dir=work, resume=True)
+    (file,) = (work / "checkpoints").glob("step-*.safetensors")
+    file.write_bytes(file.read_bytes()[:1000])
+    with pytest.raises(InputError, match="missing, truncated or changed"):
+        train_generator(phantom, tmp_path / "b", small_config(), work_dir=work, resume=True)
+
+
+def test_training_loss_falls_by_half(phantom, tmp_path):
+    """The loss on a fixed probe batch (timesteps spread over the whole schedule) at least halves."""
+    cfg = small_config("train.steps=400", "train.lr=0.003", "train.log_every=200", "train.checkpoint_every=1000")
+    train_generator(phantom, tmp_path / "b", cfg)
+    log = [json.loads(line) for line in (tmp_path / "b.work" / "ldm_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [0, 200, 400]
+    assert log[-1]["probe_l1"] < 0.5 * log[0]["probe_l1"], log
+
+
+def _manifest_variant(phantom: Path, name: str, change) -> Path:
+    """A copy of the phantom's manifest beside it (so image paths still resolve) with records changed."""
+    return write_manifest([change(r) for r in load_manifest(phantom).records], phantom.parent / f"{name}.jsonl")
+
+
+def test_no_training_cases_or_one_class_is_refused(phantom, tmp_path):
+    from dataclasses import replace
+
+    no_train = _manifest_variant(phantom, "no_train", lambda r: replace(r, split="val" if r.split == "train" else r.split))
+    with pytest.raises(InputError, match="no cases in the 'train' split"):
+        train_generator(no_train, tmp_path / "b", small_config())
+    one_class = _manifest_variant(phantom, "one_class", lambda r: replace(r, label=0))
+    with pytest.raises(InputError, match="the train split has only label 0"):
+        train_generator(one_class, tmp_path / "b", small_config())
+
+
+def test_image_shape_must_fit_the_downsampling(phantom, tmp_path):
+    with pytest.raises(ConfigError, match="image_shape"):
+        train_generator(phantom, tmp_path / "b", small_config("data.image_shape=[30, 32, 16]"))
+    with pytest.raises(ConfigError, match="U-Net's downsampling"):
+        train_generator(phantom, tmp_path / "b", small_config("data.image_shape=[32, 32, 12]"))
+
+
+def test_missing_text_model_is_refused(phantom, tmp_path):
+    with pytest.raises(ConfigError, match="no_such_model"):
+        train_generator(phantom, tmp_path / "b", small_config(f"text.model={tmp_path}/no_such_model"))
+
+
+def test_existing_bundle_is_not_overwritten(trained, phantom):
+    out, _ = trained
+    with pytest.raises(InputError, match="bundle folder exists"):
+        train_generator(phantom, out, small_config())
+
+
+def test_cli_train_writes_bundle_and_refuses_bad_input(phantom, tmp_path):
+    from test_cli import assert_one_line_error, synthaug
+
+    sets = [a for s in SMALL for a in ("--set", s)]
+    result = synthaug("train", "--data", phantom, "--out", tmp_path / "b", *sets)
+    assert result.returncode == 0, result.stderr
+    assert "Trained bundle" in result.stdout and "fingerprint" in result.stdout
+    assert (tmp_path / "b" / "fingerprint").is_file()
+    assert_one_line_error(synthaug("train", "--data", phantom, "--out", tmp_path / "b", *sets), "bundle folder exists")
+    assert_one_line_error(synthaug("train", "--data", tmp_path / "none.jsonl", "--out", tmp_path / "c", *sets),
+                          "manifest not found")
+    assert_one_line_error(synthaug("train", "--data", phantom, "--out", tmp_path / "c", *sets,
+                                   "--set", "adapter.heads=5"), "adapter", "divisible")

@@ -118,3 +118,15 @@ def test_config_show_is_a_loadable_file(tmp_path):
 
 def test_bad_setting_is_one_line():
     assert_one_line_error(synthaug("config", "show", "--set", "phantom.difficulty=3"), "phantom.difficulty")
+
+
+def test_phantom_writes_dataset_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "ph"
+    result = synthaug("phantom", "--out", out, "--n", "10", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert "manifest OK" in result.stdout and "64 x 64 x 32" in result.stdout
+    assert len(list((out / "images").glob("*.nii.gz"))) == 10
+    assert_one_line_error(synthaug("phantom", "--out", out, "--n", "10"), str(out), "--overwrite")
+    again = synthaug("phantom", "--out", out, "--n", "12", "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert len(list((out / "images").glob("*.nii.gz"))) == 12

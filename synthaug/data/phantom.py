@@ -85,8 +85,7 @@ def label_for(rule: str, pirads: int, cspca: bool) -> int:
 
 
 def _hardness(difficulty: float) -> float:
-    """``phantom.difficulty`` -> the hardness every knob follows. Squared, so the default 0.5 sits nearer
-    the easy end: a small 3D CNN learns the lesions from ~50-120 cases but is far from perfect."""
+    """``phantom.difficulty`` -> the hardness every knob follows (squared: finer control at the easy end)."""
     return float(difficulty) ** 2
 
 

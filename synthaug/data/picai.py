@@ -148,14 +148,18 @@ class _RowParser:
             raise self.fail(column, "is empty", "give every row a patient_id and study_id")
         return value[:-2] if re.fullmatch(r"\d+\.0", value) else value  # 10000.0 from a spreadsheet
 
+    @staticmethod
+    def _float(value: str) -> float:
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+
     def number(self, column: str) -> float | None:
         value = self.text(column)
         if value is None:
             return None
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
+        number = self._float(value)
         if not math.isfinite(number):
             raise self.fail(column, f"{value!r} is not a number", 'write a number, or leave it empty / "N/A"')
         return number
@@ -164,10 +168,7 @@ class _RowParser:
         """``value`` (a cell or one lesion entry of ``column``) as an integer in [low, high]; None if missing."""
         if value is None:
             return None
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
+        number = self._float(value)
         if not (number.is_integer() and low <= number <= high):
             raise self.fail(column, f"{value!r} is not an integer {low}-{high}", 'write an integer or "N/A"')
         return int(number)

@@ -125,6 +125,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels_for(label: str, n: int) -> list[int]:
+    from synthaug.errors import InputError
+
+    if label == "both":
+        return [i % 2 for i in range(n)]
+    if label in ("0", "1"):
+        return [int(label)] * n
+    raise InputError(f"must be 0, 1 or both, got {label!r}", where="--label", fix="ask for class 0 or 1")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
+    from rich.table import Table
+
+    from synthaug.data.io import make_temp_dir
+    from synthaug.errors import InputError
+    from synthaug.generate import CCELLAGenerator, write_volume
+    from synthaug.report import mid_slice_montage, progress_bar
+
+    if args.n < 1:
+        raise InputError(f"--n must be >= 1, got {args.n}", where="--n", fix="ask for at least one volume")
+    labels = _labels_for(args.label, args.n)
+    out: Path = args.out
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise InputError("output folder exists and is not empty", where=str(out),
+                         fix="choose another --out or pass --overwrite")
+    generator = CCELLAGenerator.from_bundle(
+        args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        guidance=args.guidance, ema=not args.no_ema, class_source=args.class_source,
+        report_source=args.report_source, batch_size=args.batch_size)
+    reports = [args.report] * args.n if args.report is not None else None
+    console = _console()
+    with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
+                      console) as update:
+        result = generator.generate(labels, reports=reports, seeds=range(args.seed, args.seed + args.n),
+                                    progress=update)
+    tmp = make_temp_dir(out)
+    try:
+        lines = []
+        for i, (volume, record) in enumerate(zip(result.volumes, result.provenance)):
+            name = f"synthetic_{i:05d}_label{record['label']}.nii.gz"
+            write_volume(volume, result.affine, tmp / name)
+            lines.append(json.dumps({"file": name, **record}, sort_keys=True) + "\n")
+        (tmp / "provenance.jsonl").write_text("".join(lines), encoding="utf-8")
+        shown = min(args.n, 8)
+        mid_slice_montage([v[0].numpy() for v in result.volumes[:shown]],
+                          [f"#{i} label {r['label']} p={r['predicted_prob']:.2f}"
+                           for i, r in enumerate(result.provenance[:shown])], tmp / "montage.png")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    table = Table(title="synthaug generate", show_header=False)
+    for what, value in (("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
+                        ("sampler", f"{generator.sampler.name}, {generator.sampler.steps} steps, "
+                                    f"guidance {generator.guidance}, class from {generator.class_source}"),
+                        ("bundle", generator.fingerprint[:16]), ("written to", str(out))):
+        table.add_row(what, value)
+    console.print(table)
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from synthaug.config import dump_config
 
@@ -180,6 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     _add_config_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample volumes from a trained bundle: NIfTI + provenance.jsonl + montage.png")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--n", type=int, default=4, help="number of volumes (default 4)")
+    p.add_argument("--label", default="both", help="0, 1 or both (alternating; default)")
+    p.add_argument("--report", help="one report for every volume (default: the report source)")
+    p.add_argument("--report-source", choices=["train", "template", "empty"],
+                   help="where reports come from when --report is not given (default: train)")
+    p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: 1000 ddpm, 20 ddim/dpm++, 30 flow)")
+    p.add_argument("--eta", type=float, help="DDIM noise (default 0: deterministic)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = unguided)")
+    p.add_argument("--class-source", choices=["report", "label"],
+                   help="report: the adapter predicts the class from the report (default); label: use --label")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed+i")
+    p.add_argument("--batch-size", type=int, help="volumes per batch (default: the bundle's, 4)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw LDM weights instead of the EMA ones")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_generate)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
                                                                                  metavar="COMMAND", parser_class=_Parser)

@@ -190,7 +190,25 @@ class DiffusionConfig(_Section):
     schedule: Literal["scaled_linear_beta", "linear_beta", "cosine"] = "scaled_linear_beta"
     beta_start: float = Field(0.0015, gt=0.0, lt=1.0)
     beta_end: float = Field(0.0195, gt=0.0, lt=1.0)
-    prediction: Literal["eps", "v"] = "eps"  # the noise (reference) or the velocity
+    # eps: the noise (the reference); v: the DDPM velocity; flow: rectified flow (MAISI-v2), the model
+    # predicts x0 - noise on the straight path x_t = (1 - t/T) x0 + (t/T) noise
+    prediction: Literal["eps", "v", "flow"] = "eps"
+
+
+Sampler = Literal["auto", "ddpm", "ddim", "dpm++", "flow"]
+
+
+class SampleConfig(_Section):
+    """Generation defaults (``synthaug generate`` / ``CCELLAGenerator``); each can be overridden per call."""
+
+    sampler: Sampler = "auto"  # auto: dpm++ for eps/v models, flow for flow models
+    steps: int | None = Field(None, ge=1)  # None: 1000 for ddpm, 20 for ddim/dpm++, 30 for flow
+    eta: float = Field(0.0, ge=0.0)  # DDIM noise (0 = deterministic DDIM)
+    guidance: float = Field(1.0, ge=0.0)  # classifier-free guidance scale; 1 = the unguided model
+    class_source: Literal["report", "label"] = "report"  # report: the adapter's prediction (reference)
+    report_source: Literal["train", "template", "empty"] = "train"  # reports used when none are given
+    batch_size: int = Field(4, ge=1)
+    decode_splits: int = Field(1, ge=1)  # split the VAE decoder's work along one axis (MAISI) to save memory
 
 
 class LossConfig(_Section):
@@ -233,6 +251,7 @@ class SynthaugConfig(_Section):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
 
     @model_validator(mode="after")
     def _known_preset(self) -> SynthaugConfig:
@@ -287,6 +306,7 @@ PRESETS["reference"] = _merge(PRESETS["paper"], {
     "adapter": {"class_head": "flatten", "use_text_mask": False},
     "loss": {"text_dropout": 0.0, "reference_focal_scaling": True},
     "train": {"lr_groups": True, "ema_decay": 0.0},
+    "sample": {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "class_source": "report"},
 })
 
 

@@ -40,3 +40,24 @@ def small_dataset(tmp_path: Path) -> tuple[Path, list[dict]]:
             "meta": {"n": i},
         })
     return write_jsonl(tmp_path / "manifest.jsonl", rows), rows
+
+
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory) -> Path:
+    """A 16-case phantom at 32x32x16 (the `tests.helpers.SMALL` geometry); returns its manifest."""
+    from synthaug.data.phantom import write_phantom_dataset
+    from tests.helpers import small_config
+
+    cfg = small_config()
+    return write_phantom_dataset(tmp_path_factory.mktemp("small_phantom") / "ph", cfg.data, cfg.phantom)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_phantom, tmp_path_factory) -> Path:
+    """A generator bundle trained for a few steps on `small_phantom` (seconds); returns its folder."""
+    from synthaug.ldm.train import train_generator
+    from tests.helpers import small_config
+
+    out = tmp_path_factory.mktemp("small_bundle") / "bundle"
+    train_generator(small_phantom, out, small_config("train.steps=10"))
+    return out

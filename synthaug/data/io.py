@@ -213,6 +213,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def centred_affine(shape: tuple[int, ...] | list[int], spacing: tuple[float, ...] | list[float]) -> np.ndarray:
+    """RAS+ affine with ``spacing`` (mm) on the diagonal and a ``shape`` volume centred on the origin."""
+    spacing = np.asarray(spacing, float)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -(np.asarray(shape, float) - 1) / 2 * spacing
+    return affine
+
+
 def write_nifti(
     array: np.ndarray,
     affine: np.ndarray,

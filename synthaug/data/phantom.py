@@ -29,7 +29,7 @@ import torch
 
 from synthaug.config import DataConfig, PhantomConfig
 from synthaug.data import phantom_anatomy as anatomy
-from synthaug.data.io import atomic_write_text, write_nifti
+from synthaug.data.io import atomic_write_text, centred_affine, write_nifti
 from synthaug.data.manifest import SPLITS, CaseRecord, write_manifest
 from synthaug.data.phantom_anatomy import Anatomy, Focus
 from synthaug.data.reports import BenignFinding, Findings, Lesion, lesion_pirads, render_report
@@ -66,10 +66,7 @@ def _case_rng(phantom: PhantomConfig, index: int, stream: str) -> np.random.Gene
 
 def phantom_affine(data: DataConfig) -> np.ndarray:
     """RAS+ affine with ``data.spacing`` on the diagonal and the volume centred on the origin."""
-    spacing = np.asarray(data.spacing, float)
-    affine = np.diag([*spacing, 1.0])
-    affine[:3, 3] = -(np.asarray(data.image_shape, float) - 1) / 2 * spacing
-    return affine
+    return centred_affine(data.image_shape, data.spacing)
 
 
 def label_for(rule: str, pirads: int, cspca: bool) -> int:

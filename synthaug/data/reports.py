@@ -317,3 +317,33 @@ def parse_overall_pirads(report: str) -> int | None:
     match = _IMPRESSION.search(report)
     scores = [int(s) for s in _PIRADS.findall(match.group(1) if match else report)]
     return max(scores) if scores else None
+
+
+# ---------------------------------------------------------------- templated reports for generation
+
+_POSITIVE_FROM = {"pirads3": 3, "pirads4": 4, "cspca": 4}
+
+
+def template_findings(label: int, rng: np.random.Generator, label_rule: str = "pirads3") -> Findings:
+    """Plausible findings for a requested class: one index lesion at or above the rule's PI-RADS threshold
+    for label 1; PI-RADS 1-2 (at most a benign mimic) for label 0. ``cspca`` is approximated by PI-RADS 4-5.
+    """
+    volume = float(np.round(rng.uniform(20, 70), 1))
+    psa = float(np.round(rng.uniform(2.0, 15.0), 1))
+    age = int(rng.integers(50, 80))
+    side = str(rng.choice(["right", "left"]))
+    level = str(rng.choice(["base", "mid", "apex"]))
+    if label == 1:
+        pirads = int(rng.integers(_POSITIVE_FROM[label_rule], 6))
+        zone = str(rng.choice(["PZ", "TZ"], p=[0.7, 0.3]))
+        size = float(np.round(rng.uniform(15, 25) if pirads == 5 else rng.uniform(6, 14), 0))
+        lesion = Lesion(pirads=pirads, zone=zone, side=side, level=level, size_mm=size)  # type: ignore[arg-type]
+        return Findings(age=age, psa=psa, prostate_volume_ml=volume, lesions=(lesion,))
+    benign = (BenignFinding(kind="bph_nodule", zone="TZ", side=side, level=level),) if rng.random() < 0.5 else ()
+    return Findings(age=age, psa=psa, prostate_volume_ml=volume, benign=benign,  # type: ignore[arg-type]
+                    overall_pirads=2 if benign else int(rng.integers(1, 3)))
+
+
+def template_report(label: int, rng: np.random.Generator, label_rule: str = "pirads3") -> str:
+    """A report for a requested class, written from ``template_findings`` in the usual PI-RADS language."""
+    return render_report(template_findings(label, rng, label_rule), rng, varied=True)

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.networks.schedulers import DDPMScheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from synthaug import __version__
@@ -50,6 +49,7 @@ from synthaug.ldm.autoencoder import (
 )
 from synthaug.ldm.bundle import AUTOENCODER_FILE, read_bundle_info, save_bundle
 from synthaug.ldm.model import CCELLALDM, joint_loss, text_dropout
+from synthaug.ldm.sampling import training_scheduler, training_target
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, logs)
 
@@ -202,13 +202,6 @@ def epoch_batch(step: int, n: int, batch_size: int, seed: int, cache: dict[int, 
     return torch.tensor(out)
 
 
-def noise_scheduler(cfg: SynthaugConfig) -> DDPMScheduler:
-    d = cfg.diffusion
-    return DDPMScheduler(num_train_timesteps=d.num_train_timesteps, schedule=d.schedule, beta_start=d.beta_start,
-                         beta_end=d.beta_end, prediction_type="epsilon" if d.prediction == "eps" else "v_prediction",
-                         clip_sample=False)
-
-
 def parameter_groups(model: CCELLALDM, cfg: SynthaugConfig) -> list[dict]:
     """One group at lr, or the reference's three: U-Net lr, adapter lr/10, final classifier lr/100."""
     lr = cfg.train.lr
@@ -263,7 +256,7 @@ class LDMTrainer:
         steps, power = cfg.train.steps, cfg.train.lr_power
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: max(0.0, 1.0 - s / steps) ** power)
-        self.scheduler = noise_scheduler(cfg)
+        self.scheduler = training_scheduler(cfg.diffusion)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.dtype = resolve_precision(cfg.train.precision, device, cpu_auto="fp32")
         self.scaler = torch.amp.GradScaler(device.type) if self.dtype == torch.float16 else None
@@ -279,8 +272,8 @@ class LDMTrainer:
         x0 = self.latents[:n]
         noise = torch.randn(x0.shape, generator=g)
         t = torch.linspace(0, self.cfg.diffusion.num_train_timesteps - 1, n).long()
-        target = noise if self.cfg.diffusion.prediction == "eps" else self.scheduler.get_velocity(x0, noise, t)
-        return {"x_t": self.scheduler.add_noise(x0, noise, t), "t": t, "target": target,
+        x_t, target = training_target(self.cfg.diffusion, self.scheduler, x0, noise, t)
+        return {"x_t": x_t, "t": t, "target": target,
                 "text": self.text.features[:n].float(), "mask": self.text.mask[:n]}
 
     @torch.no_grad()
@@ -323,8 +316,7 @@ class LDMTrainer:
         x0 = self.latents[idx]  # (B, C, d, h, w)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, cfg.diffusion.num_train_timesteps, (len(idx),), generator=g)
-        x_t = self.scheduler.add_noise(x0, noise, t)
-        target = noise if cfg.diffusion.prediction == "eps" else self.scheduler.get_velocity(x0, noise, t)
+        x_t, target = training_target(cfg.diffusion, self.scheduler, x0, noise, t)
         text, mask, isnull = (self.text.features[idx].float(), self.text.mask[idx], self.text.isnull[idx])
         text, mask, isnull = text_dropout(text, mask, isnull, self.null.features[0], self.null.mask[0],
                                           cfg.loss.text_dropout, generator=g)

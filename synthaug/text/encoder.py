@@ -266,6 +266,8 @@ class TextEncoder:
         dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         kwargs = {"local_files_only": True, "trust_remote_code": self.cfg.trust_remote_code, dtype_arg: self.dtype}
         model_type = str(self.config.get("model_type", ""))
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # our own progress display owns the terminal
         try:
             if self.kind == "t5" and model_type in _T5_ENCODERS:
                 model = getattr(transformers, _T5_ENCODERS[model_type]).from_pretrained(str(self.folder), **kwargs)
@@ -277,6 +279,9 @@ class TextEncoder:
             raise ConfigError(f"cannot load text model {self.model_id} as kind {self.kind!r} "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                               where="text.model", fix="set text.kind to match the model, or " + _FIX) from exc
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         model.eval().requires_grad_(False)
         self._model = model.to(self.device)
         return self._model

@@ -1,0 +1,257 @@
+"""CCELLAGenerator: a trained bundle -> synthetic volumes for (label, report, seed) requests, batched.
+
+    gen = CCELLAGenerator.from_bundle("runs/bundle", sampler="dpm++", steps=20, guidance=2.0)
+    out = gen.generate(labels=[1, 1, 0], seeds=[0, 1, 2])
+    out.volumes      # (B, C, X, Y, Z) float32 in the training data's intensity units
+    out.affine       # (4, 4) RAS+ affine with the bundle's spacing, volume centred on the origin
+    out.provenance   # one dict per volume: seed, label, report, predicted probability, sampler, ...
+
+Determinism: a volume depends only on (seed, label, report) and the generator's settings, never on
+the batch size or its batch neighbours: each sample's initial noise and every stochastic step draw from
+its own ``torch.Generator(seed)``, and reports are encoded one at a time and padded to a fixed width.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthaug.data.io import centred_affine
+from synthaug.data.reports import template_report
+from synthaug.errors import InputError
+from synthaug.ldm.autoencoder import decode_latents
+from synthaug.ldm.bundle import Bundle, load_bundle
+from synthaug.ldm.sampling import Conditioning, build_sampler, label_probs, predicted_class_probs, sample_latents
+
+REPORT_SOURCES = ("train", "template", "empty")
+CLASS_SOURCES = ("report", "label")
+
+
+@dataclass
+class Generated:
+    """A batch of generated volumes with their geometry and one provenance record each."""
+
+    volumes: torch.Tensor  # (B, C, X, Y, Z) float32, the training data's intensity units
+    affine: np.ndarray  # (4, 4)
+    spacing: tuple[float, float, float]
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _seed_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+class CCELLAGenerator:
+    """Samples volumes from a bundle's LDM and decodes them with its autoencoder."""
+
+    def __init__(self, bundle: Bundle, *, device: str | torch.device = "cpu", sampler: str | None = None,
+                 steps: int | None = None, eta: float | None = None, guidance: float | None = None,
+                 ema: bool = True, class_source: str | None = None, report_source: str | None = None,
+                 batch_size: int | None = None, text_encoder=None) -> None:  # noqa: ANN001
+        defaults = bundle.config.sample
+        self.bundle = bundle
+        self.device = torch.device(device)
+        self.guidance = float(defaults.guidance if guidance is None else guidance)
+        self.class_source = class_source or defaults.class_source
+        self.report_source = report_source or defaults.report_source
+        self.batch_size = int(batch_size or defaults.batch_size)
+        if self.guidance < 0:
+            raise InputError(f"must be >= 0, got {self.guidance}", where="guidance",
+                             fix="use 1 for no guidance, larger values for stronger conditioning")
+        if self.class_source not in CLASS_SOURCES:
+            raise InputError(f"unknown class source {self.class_source!r}", where="class_source",
+                             fix=f"choose one of {', '.join(CLASS_SOURCES)}")
+        if self.report_source not in REPORT_SOURCES:
+            raise InputError(f"unknown report source {self.report_source!r}", where="report_source",
+                             fix=f"choose one of {', '.join(REPORT_SOURCES)}")
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}", where="batch_size", fix="use 1 or more")
+        self.sampler = build_sampler(sampler or defaults.sampler, bundle.config.diffusion,
+                                     steps if steps is not None else defaults.steps,
+                                     eta=float(defaults.eta if eta is None else eta))
+        self.ema = bool(ema and bundle.ldm_ema is not None)
+        self.ldm = (bundle.ldm_ema if self.ema else bundle.ldm).to(self.device).eval()
+        self.autoencoder = bundle.autoencoder.to(self.device).eval()
+        self._encoder = text_encoder
+        self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._next_seed = 0
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+                    verify: bool = True, **options: Any) -> CCELLAGenerator:
+        """Load and verify a bundle folder; ``options`` as for the constructor (None = the bundle's defaults)."""
+        return cls(load_bundle(path, device=device, verify=verify), device=device, **options)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def fingerprint(self) -> str:
+        return self.bundle.fingerprint
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.bundle.config.data.spacing)  # type: ignore[return-value]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.bundle.config.data.image_shape)  # type: ignore[return-value]
+
+    @property
+    def affine(self) -> np.ndarray:
+        return centred_affine(self.image_shape, self.spacing)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that determine the output (stored in caches and provenance)."""
+        return {"sampler": self.sampler.name, "steps": self.sampler.steps, "eta": getattr(self.sampler, "eta", 0.0),
+                "guidance": self.guidance, "class_source": self.class_source, "ema": self.ema}
+
+    # ------------------------------------------------------------ text
+
+    @property
+    def text_encoder(self):  # noqa: ANN201 - synthaug.text.TextEncoder
+        """The bundle's frozen text encoder, loaded on first use and checked against the bundle's fingerprint."""
+        if self._encoder is None:
+            from synthaug.text.encoder import TextEncoder
+
+            encoder = TextEncoder.from_config(self.bundle.config.text, device=self.device)
+            stated = self.bundle.info["text"]["fingerprint"]
+            if encoder.fingerprint != stated:
+                raise InputError("the local text encoder differs from the one the bundle was trained with",
+                                 where=f"text.model {self.bundle.config.text.model!r}",
+                                 fix="install the same model files (weights, tokenizer, settings) the bundle used")
+            self._encoder = encoder
+        return self._encoder
+
+    def _encode(self, report: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token features (W, D) and mask (W,) of one report, zero-padded to the bundle's max_tokens."""
+        if report not in self._text_cache:
+            features, mask = self.text_encoder.encode([report])  # (1, T, D), (1, T)
+            width = max(int(self.bundle.info["text"]["max_tokens"]), features.shape[1])
+            pad = width - features.shape[1]
+            self._text_cache[report] = (F.pad(features[0], (0, 0, 0, pad)), F.pad(mask[0], (0, pad), value=False))
+        return self._text_cache[report]
+
+    def _conditioning(self, labels: Sequence[int], reports: Sequence[str]) -> Conditioning:
+        encoded = [self._encode(r) for r in reports]
+        null_text, null_mask = self._encode("")
+        dev = self.device
+        return Conditioning(
+            text=torch.stack([e[0] for e in encoded]).to(dev), mask=torch.stack([e[1] for e in encoded]).to(dev),
+            null_text=null_text[None].to(dev), null_mask=null_mask[None].to(dev),
+            spacing=torch.tensor([self.spacing] * len(labels), dtype=torch.float32, device=dev),
+            class_probs=label_probs(labels).to(dev) if self.class_source == "label" else None)
+
+    # ------------------------------------------------------------ reports
+
+    def choose_report(self, label: int, seed: int, source: str | None = None) -> str:
+        """The report for a request without one: a training report of the class, a template, or empty."""
+        source = source or self.report_source
+        if source == "empty":
+            return ""
+        rng = np.random.default_rng([int(seed), int(label), 0x5EED])
+        if source == "template":
+            return template_report(int(label), rng, self.bundle.config.data.label_rule)
+        pool = sorted({c["report"] for c in self.bundle.train_cases if c["label"] == label and c["report"]})
+        if not pool:
+            raise InputError(f"the bundle has no non-empty training report of class {label}",
+                             where=str(self.bundle.path), fix="use report_source 'template' or 'empty'")
+        return pool[int(rng.integers(len(pool)))]
+
+    # ------------------------------------------------------------ generation
+
+    def _check(self, labels: Sequence[int], reports: Sequence[str] | None,
+               seeds: Sequence[int] | None) -> tuple[list[int], list[int]]:
+        checked = []
+        for v in labels:
+            try:
+                ok = int(v) == v and int(v) in (0, 1)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InputError(f"must be 0 or 1, got {v!r}", where="labels", fix="ask for class 0 or 1")
+            checked.append(int(v))
+        labels = checked
+        n = len(labels)
+        if reports is not None and len(reports) != n:
+            raise InputError(f"{len(reports)} reports for {n} labels", where="reports",
+                             fix="pass one report per label (\"\" for none), or no reports")
+        if seeds is None:
+            seeds = list(range(self._next_seed, self._next_seed + n))
+            self._next_seed += n
+        elif len(seeds) != n:
+            raise InputError(f"{len(seeds)} seeds for {n} labels", where="seeds", fix="pass one seed per label")
+        return labels, [int(s) for s in seeds]
+
+    @torch.no_grad()
+    def generate(self, labels: Sequence[int], reports: Sequence[str] | None = None,
+                 seeds: Sequence[int] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> Generated:
+        """Volumes for the requested labels; reports None takes them from the report source, seeds None counts up."""
+        labels, seeds = self._check(labels, reports, seeds)
+        sources = ["given"] * len(labels) if reports is not None else [self.report_source] * len(labels)
+        if reports is None:
+            reports = [self.choose_report(label, seed) for label, seed in zip(labels, seeds)]
+        volumes, provenance = [], []
+        total = len(labels) * self.sampler.steps
+        for start in range(0, len(labels), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            done = start * self.sampler.steps
+            step_progress = (lambda i, n, d=done: progress(d + i, total)) if progress else None
+            batch, probs = self._generate_batch(labels[part], list(reports[part]), seeds[part], step_progress)
+            volumes.append(batch)
+            for label, report, seed, source, p in zip(labels[part], reports[part], seeds[part], sources[part], probs):
+                provenance.append({
+                    "seed": seed, "label": label, "requested_label": label, "report": report,
+                    "report_source": source, "predicted_prob": round(float(p), 6),
+                    "predicted_label": int(p >= 0.5), **self.settings(), "bundle": self.fingerprint,
+                })
+        empty = torch.zeros(0, len(self.bundle.config.data.modalities), *self.image_shape)
+        return Generated(volumes=torch.cat(volumes) if volumes else empty, affine=self.affine,
+                         spacing=self.spacing, provenance=provenance)
+
+    def _generate_batch(self, labels: list[int], reports: list[str], seeds: list[int],
+                        progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, list[float]]:
+        cond = self._conditioning(labels, reports)
+        shape = tuple(self.bundle.info["latent_shape"])  # (C, x, y, z)
+        generators = [_seed_generator(s) for s in seeds]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        latents = sample_latents(self.ldm, self.sampler, noise, cond, guidance=self.guidance,
+                                 generators=generators, progress=progress)
+        probs = predicted_class_probs(self.ldm, cond)[:, 1].cpu().tolist()
+        decoded = decode_latents(self.autoencoder, latents / self.bundle.scale_factor, batch_size=len(labels),
+                                 device=self.device,
+                                 num_splits=self.bundle.config.sample.decode_splits
+                                 if self.bundle.config.autoencoder.kind == "maisi" else None)
+        return self.to_intensity(decoded), probs
+
+    def to_intensity(self, volumes: torch.Tensor) -> torch.Tensor:
+        """[0, 1] model space -> the training data's units: T2W/HBV by the median raw percentiles, ADC by its window."""
+        data = self.bundle.config.data
+        stats = self.bundle.info["data"]["intensity"]
+        out = volumes.clamp(0.0, 1.0)
+        channels = []
+        for c, modality in enumerate(data.modalities):
+            if modality == "adc":
+                low, high = data.normalisation.adc_window
+            elif modality == "t2w":
+                low, high = stats["p0_median"], stats["p99_5_median"]
+            else:  # no raw statistics kept for HBV: it stays in [0, 1]
+                low, high = 0.0, 1.0
+            channels.append(out[:, c] * (high - low) + low)
+        return torch.stack(channels, dim=1).float()
+
+
+def write_volume(volume: torch.Tensor, affine: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write one generated ``(C, X, Y, Z)`` volume as NIfTI (3D for one channel, channels last otherwise)."""
+    from synthaug.data.io import write_nifti
+
+    array = volume.numpy()
+    array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
+    return write_nifti(array, affine, path)

@@ -1,0 +1,177 @@
+"""CCELLAGenerator and `synthaug generate`: determinism, guidance, class control, geometry, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from synthaug.data.io import read_volume
+from synthaug.cli import main
+from synthaug.errors import InputError
+from synthaug.generate import CCELLAGenerator
+from synthaug.ldm.bundle import LDM_EMA_FILE
+from synthaug.ldm.sampling import guided_prediction
+from tests.test_cli import assert_one_line_error, synthaug
+
+REPORT = "IMPRESSION: PI-RADS 4 lesion in the left peripheral zone."
+
+
+@pytest.fixture(scope="module")
+def generator(small_bundle) -> CCELLAGenerator:
+    return CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4)
+
+
+def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float reordering in batched convolutions (1e-5 of the intensity range)."""
+    return torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max()))
+
+
+def test_volumes_have_the_bundle_geometry_and_provenance(generator, small_bundle):
+    out = generator.generate([0, 1], seeds=[5, 6])
+    assert out.volumes.shape == (2, 1, 32, 32, 16) and out.volumes.dtype == torch.float32
+    assert torch.isfinite(out.volumes).all()
+    assert out.spacing == (3.0, 3.0, 6.0)
+    assert np.allclose(np.diag(out.affine)[:3], [3.0, 3.0, 6.0])
+    assert np.allclose(out.affine[:3, 3], -(np.array([32, 32, 16]) - 1) / 2 * np.array([3.0, 3.0, 6.0]))
+    p = out.provenance[1]
+    assert p["seed"] == 6 and p["label"] == 1 and p["requested_label"] == 1
+    assert p["sampler"] == "ddim" and p["steps"] == 4 and p["guidance"] == 1.0 and p["ema"] is True
+    assert p["bundle"] == generator.fingerprint and p["report_source"] == "train"
+    assert 0.0 <= p["predicted_prob"] <= 1.0
+    train_reports = {c["report"] for c in generator.bundle.train_cases if c["label"] == 1}
+    assert p["report"] in train_reports and p["report"]
+
+
+def test_same_seed_same_volume_whatever_the_batch(small_bundle):
+    labels, seeds = [1, 0, 1, 0], [11, 12, 13, 14]
+    for sampler, eta in (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)):
+        steps = 4 if sampler == "ddim" else 10
+        batched = CCELLAGenerator.from_bundle(small_bundle, sampler=sampler, steps=steps, eta=eta, batch_size=4)
+        single = CCELLAGenerator.from_bundle(small_bundle, sampler=sampler, steps=steps, eta=eta, batch_size=1)
+        a = batched.generate(labels, seeds=seeds)
+        b = single.generate(labels[2:3], seeds=seeds[2:3])
+        assert close(a.volumes[2], b.volumes[0]), sampler
+        assert a.provenance[2]["report"] == b.provenance[0]["report"]
+        assert not close(a.volumes[0], a.volumes[2])
+
+
+def test_deterministic_ddim_repeats_exactly(generator):
+    a = generator.generate([1], reports=[REPORT], seeds=[3])
+    b = generator.generate([1], reports=[REPORT], seeds=[3])
+    assert torch.equal(a.volumes, b.volumes)
+
+
+def test_guidance_one_is_exactly_the_unguided_model(generator):
+    ldm = generator.ldm
+    cond = generator._conditioning([1, 0], [REPORT, ""])
+    x = torch.randn(2, 4, 8, 8, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 20])
+    plain, _ = ldm(x, t, cond.text, cond.mask, cond.spacing)
+    assert torch.equal(guided_prediction(ldm, x, t, cond, 1.0), plain)
+    assert not torch.allclose(guided_prediction(ldm, x, t, cond, 3.0), plain)
+    # w = 0 is the unconditional model: the empty report with the class the adapter predicts from it
+    null = ldm(x, t, cond.null_text.expand(2, -1, -1), cond.null_mask.expand(2, -1), cond.spacing)[0]
+    assert torch.allclose(guided_prediction(ldm, x, t, cond, 0.0), null, atol=1e-6)
+
+
+def _class_inputs(generator: CCELLAGenerator, labels: list[int], report: str) -> torch.Tensor:
+    """The class probabilities the U-Net receives for the conditional branch, captured with a hook."""
+    seen = []
+    handle = generator.ldm.unet.register_forward_pre_hook(lambda m, args: seen.append(args[3].clone()))
+    try:
+        generator.generate(labels, reports=[report] * len(labels), seeds=list(range(len(labels))))
+    finally:
+        handle.remove()
+    return seen[-1][: len(labels)]
+
+
+def test_class_source_label_feeds_the_requested_class(small_bundle):
+    by_label = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_source="label")
+    by_report = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_source="report")
+    probs = _class_inputs(by_label, [0, 1], REPORT)
+    assert torch.equal(probs, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # flips with the label
+    probs = _class_inputs(by_report, [0, 1], REPORT)
+    assert torch.allclose(probs[0], probs[1])  # the same report: the same predicted class, whatever the label
+    a = by_label.generate([0], reports=[REPORT], seeds=[1]).volumes
+    b = by_label.generate([1], reports=[REPORT], seeds=[1]).volumes
+    assert not torch.allclose(a, b)
+
+
+def test_report_sources(small_bundle):
+    template = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1, report_source="template")
+    empty = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1, report_source="empty")
+    assert "PI-RADS" in template.choose_report(1, seed=0)
+    assert template.choose_report(1, seed=0) == template.choose_report(1, seed=0)
+    assert empty.generate([1], seeds=[0]).provenance[0]["report"] == ""
+
+
+def test_bad_requests_are_one_clear_error(generator, small_bundle):
+    with pytest.raises(InputError, match="0 or 1"):
+        generator.generate([2])
+    with pytest.raises(InputError, match="2 reports for 1 labels"):
+        generator.generate([1], reports=["a", "b"])
+    with pytest.raises(InputError, match="seeds"):
+        generator.generate([1, 0], seeds=[1])
+    for options, match in (({"sampler": "plms"}, "unknown sampler"), ({"steps": 0}, "between 1 and 1000"),
+                           ({"steps": 1001}, "between 1 and 1000"), ({"guidance": -0.5}, "must be >= 0"),
+                           ({"sampler": "flow"}, "cannot sample")):
+        with pytest.raises(InputError, match=match):
+            CCELLAGenerator.from_bundle(small_bundle, **options)
+
+
+def test_damaged_bundles_are_refused(small_bundle, tmp_path):
+    missing = tmp_path / "missing"
+    shutil.copytree(small_bundle, missing)
+    (missing / LDM_EMA_FILE).unlink()
+    with pytest.raises(InputError, match="fingerprint"):
+        CCELLAGenerator.from_bundle(missing)
+    (missing / "ldm.safetensors").unlink()
+    with pytest.raises(InputError, match="missing ldm.safetensors"):
+        CCELLAGenerator.from_bundle(missing)
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Run `synthaug ARGS` in this process (no interpreter start-up), shaped like a subprocess result."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_path, capsys):
+    out = tmp_path / "gen"
+    done = synthaug("generate", "--bundle", str(small_bundle), "--out", str(out), "--n", "3", "--label", "1",
+                    "--sampler", "ddim", "--steps", "2", "--guidance", "2.0", "--seed", "7")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (out / "provenance.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [7, 8, 9] and all(r["label"] == 1 and r["guidance"] == 2.0 for r in rows)
+    volume = read_volume(out / rows[0]["file"])
+    assert volume.array.shape == (32, 32, 16) and np.allclose(np.diag(volume.affine)[:3], [3.0, 3.0, 6.0])
+    assert (out / "montage.png").read_bytes()[:4] == b"\x89PNG"
+
+    for args, match in ((["--label", "3"], "--label"), (["--steps", "0"], "steps"), (["--guidance", "-1"], "guidance"),
+                        (["--sampler", "flow"], "cannot sample")):
+        done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", *args)
+        assert_one_line_error(done, match)
+        assert not (tmp_path / "bad").exists()
+    assert_one_line_error(in_process(capsys, "generate", "--bundle", small_bundle, "--out", out), "not empty")
+    done = in_process(capsys, "generate", "--bundle", tmp_path / "nope", "--out", tmp_path / "o2")
+    assert_one_line_error(done, "bundle folder not found")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_flow_objective_trains_and_samples_with_rectified_flow(small_phantom, tmp_path):
+    from synthaug.ldm.train import train_generator
+    from tests.helpers import small_config
+
+    train_generator(small_phantom, tmp_path / "flow", small_config("train.steps=4", "diffusion.prediction=flow"))
+    generator = CCELLAGenerator.from_bundle(tmp_path / "flow", steps=3)
+    assert generator.sampler.name == "flow" and generator.settings()["steps"] == 3
+    out = generator.generate([1, 0], seeds=[0, 1])
+    assert torch.isfinite(out.volumes).all() and out.provenance[0]["sampler"] == "flow"
+    with pytest.raises(InputError, match="cannot sample"):
+        CCELLAGenerator.from_bundle(tmp_path / "flow", sampler="dpm++")

@@ -191,6 +191,106 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard(text: str | None) -> tuple[int, int]:
+    from synthaug.errors import InputError
+
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(f"shard {text!r} is not I/N with 0 <= I < N", where="--shard", fix="e.g. --shard 0/4")
+    return i, n
+
+
+def _class_balance(text: str):  # noqa: ANN202 - str or {label: weight}
+    from synthaug.errors import InputError
+
+    if text in ("equal",):
+        return text
+    try:
+        weights = {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        weights = None
+    if not weights:
+        raise InputError(f"class balance {text!r} is not 'equal' or weights like 0:1,1:2", where="--class-balance",
+                         fix="use equal, or LABEL:WEIGHT pairs such as 0:1,1:2")
+    return weights
+
+
+def cmd_pregenerate(args: argparse.Namespace) -> int:
+
+    from synthaug.errors import InputError
+    from synthaug.generate import CCELLAGenerator
+    from synthaug.mix.cache import SyntheticCache, class_counts
+    from synthaug.report import progress_bar
+
+    shard = _shard(args.shard)
+    balance = _class_balance(args.class_balance)
+    if args.n < 1:
+        raise InputError(f"--n must be >= 1, got {args.n}", where="--n", fix="ask for at least one volume")
+    counts = class_counts(args.n, balance)
+    generator = CCELLAGenerator.from_bundle(
+        args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
+        class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size)
+    cache = SyntheticCache.create(args.out, generator, file_format=args.format, seed=args.seed,
+                                  allow_foreign=args.allow_foreign)
+    console = _console()
+    with progress_bar(f"pregenerate shard {shard[0]}/{shard[1]}", console) as update:
+        made = cache.pregenerate(generator, counts=counts, shard=shard, batch_size=generator.batch_size,
+                                 progress=update, allow_foreign=args.allow_foreign)
+    return _show_cache(cache, console, made=made)
+
+
+def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
+    from rich.table import Table
+
+    info = cache.info()
+    g = info["generator"]
+    table = Table(title=f"synthetic cache {info['path']}", show_header=False)
+    rows = [("volumes", f"{info['volumes']} (" + ", ".join(f"label {c}: {n}" for c, n in info["per_class"].items())
+             + ")"), ("made now", None if made is None else str(made)),
+            ("reports", f"{info['distinct_reports']} distinct; sources {info['report_sources']}"),
+            ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
+            ("sampler", f"{g['sampler']} x {g['steps']}, guidance {g['guidance']}, class from {g['class_source']}"),
+            ("bundle", info["bundle_fingerprint"][:16]), ("format", f"{info['file_format']} {info['shape']}"),
+            ("size on disk", f"{info['bytes'] / 2**20:.1f} MiB")]
+    for what, value in rows:
+        if value is not None:
+            table.add_row(what, value)
+    console.print(table)
+    return 0
+
+
+def cmd_cache_info(args: argparse.Namespace) -> int:
+    from synthaug.mix.cache import SyntheticCache
+
+    return _show_cache(SyntheticCache(args.cache), _console())
+
+
+def cmd_cache_verify(args: argparse.Namespace) -> int:
+    from synthaug.mix.cache import SyntheticCache
+
+    report = SyntheticCache(args.cache).verify()
+    console = _console()
+    problems = [("missing files", report.missing), ("corrupt files (sha256)", report.corrupt),
+                ("duplicate ids", report.duplicates), ("unreadable manifest lines", report.bad_lines)]
+    for what, found in problems:
+        if found:
+            console.print(f"[red]{what}:[/red] {len(found)} (first: {', '.join(map(str, found[:5]))})")
+    for what, found in (("files without a manifest line", report.orphans), ("temporary files", report.temp_files)):
+        if found:
+            console.print(f"{what} (harmless, left by killed writers): {len(found)}")
+    if report.ok:
+        console.print(f"cache OK: {report.volumes} volumes verified")
+        return 0
+    sys.stderr.write(f"synthaug: error: {args.cache}: cache has problems (see above); re-run `synthaug pregenerate` "
+                     "with the same settings to remake missing or corrupt volumes\n")
+    return EXIT_BAD_INPUT
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     from synthaug.config import dump_config
 
@@ -267,6 +367,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("pregenerate", help="fill a synthetic cache from a bundle (resumable, shardable)")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
+    p.add_argument("--out", type=Path, required=True, help="cache folder (created, or resumed)")
+    p.add_argument("--n", type=int, required=True, help="volumes in the cache when every shard is done")
+    p.add_argument("--class-balance", default="equal", help="equal (default) or weights, e.g. 0:1,1:2")
+    p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder)")
+    p.add_argument("--batch-size", type=int, help="volumes per batch (default: the bundle's, 4)")
+    p.add_argument("--format", choices=["nifti-gz", "nifti"], default="nifti-gz",
+                   help="nifti-gz (default, smaller) or nifti (uncompressed, faster to load)")
+    p.add_argument("--seed", type=int, default=0, help="cache seed: volume seeds derive from it (default 0)")
+    p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1)")
+    p.add_argument("--class-source", choices=["report", "label"], help="default: report")
+    p.add_argument("--report-source", choices=["train", "template", "empty"], help="default: train")
+    p.add_argument("--allow-foreign", action="store_true", help="write into a cache made by another bundle")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.set_defaults(func=cmd_pregenerate)
+
+    cache = sub.add_parser("cache", help="synthetic cache tools").add_subparsers(dest="cache_command", metavar="COMMAND",
+                                                                                parser_class=_Parser)
+    p = cache.add_parser("verify", help="check every volume against the manifest (missing, corrupt, duplicates)")
+    p.add_argument("cache", type=Path, help="cache folder")
+    p.set_defaults(func=cmd_cache_verify)
+    p = cache.add_parser("info", help="counts per class, reports, sampler, bundle, size on disk")
+    p.add_argument("cache", type=Path, help="cache folder")
+    p.set_defaults(func=cmd_cache_info)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
                                                                                  metavar="COMMAND", parser_class=_Parser)

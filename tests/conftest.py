@@ -61,3 +61,15 @@ def small_bundle(small_phantom, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_bundle") / "bundle"
     train_generator(small_phantom, out, small_config("train.steps=10"))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_cache(small_bundle, tmp_path_factory) -> Path:
+    """12 volumes (6 per class) pregenerated from `small_bundle` with 2 DDIM steps; returns the cache folder."""
+    from synthaug.generate import CCELLAGenerator
+    from synthaug.mix.cache import SyntheticCache
+
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    folder = tmp_path_factory.mktemp("small_cache") / "cache"
+    SyntheticCache.create(folder, generator).pregenerate(generator, n=12, batch_size=6)
+    return folder

@@ -1,0 +1,366 @@
+"""SyntheticCache: a folder of generated volumes that many processes can fill and read at once.
+
+    cache = SyntheticCache.create("synth", generator)              # or SyntheticCache("synth") to open
+    cache.pregenerate(generator, n=1000, class_balance="equal", shard=(0, 4), batch_size=16)
+    cache.items(label=1)   # MONAI-style dicts: {"image": path, "label": 1, "is_synthetic": True, ...}
+    cache.verify()         # missing / corrupt (sha256) / duplicate / torn entries
+
+Layout: ``cache.json`` (format version, bundle fingerprint, generator settings, shape, dtype, file
+format, seed), ``manifest.jsonl`` (one line per volume) and ``volumes/``. Each class is an indexed pool:
+volume ``j`` of class ``c`` has the id ``syn-l{c}-{j:06d}`` and a seed derived from (cache seed, c, j),
+so any set of processes, shards or runs asking for the same ids makes the same bytes. A volume is
+written to a temporary file and renamed; only then is its line appended to the manifest, under a file
+lock and after re-reading the manifest, so a killed writer leaves no half-written volume and no
+duplicate line, and a resumed or concurrent pregeneration only makes what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthaug.data.io import atomic_write_text, file_sha256
+from synthaug.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CACHE_FILE = "cache.json"
+MANIFEST_FILE = "manifest.jsonl"
+VOLUMES_DIR = "volumes"
+FILE_FORMATS = {"nifti-gz": ".nii.gz", "nifti": ".nii"}  # both open in any viewer and with MONAI LoadImaged
+LABELS = (0, 1)
+
+
+def volume_id(label: int, index: int) -> str:
+    return f"syn-l{label}-{index:06d}"
+
+
+def volume_seed(cache_seed: int, label: int, index: int) -> int:
+    """A 63-bit seed for volume ``index`` of class ``label``: independent streams per cache seed and class."""
+    digest = hashlib.sha256(f"synthaug:{cache_seed}:{label}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def class_counts(n: int, class_balance: str | Mapping[int, float] = "equal") -> dict[int, int]:
+    """How many of ``n`` volumes go to each class: ``equal`` or explicit weights ``{label: weight}``."""
+    if n < 0:
+        raise InputError(f"n must be >= 0, got {n}", where="n", fix="ask for a non-negative number of volumes")
+    if class_balance == "equal":
+        weights = {0: 1.0, 1: 1.0}
+    elif isinstance(class_balance, Mapping):
+        weights = {int(k): float(v) for k, v in class_balance.items()}
+        bad = [k for k in weights if k not in LABELS] + [v for v in weights.values() if not v >= 0]
+        if bad or sum(weights.values()) <= 0:
+            raise InputError(f"class weights {dict(class_balance)} are not valid", where="class_balance",
+                             fix="give non-negative weights for labels 0 and 1 with a positive sum, e.g. {0: 1, 1: 2}")
+    else:
+        raise InputError(f"unknown class balance {class_balance!r} for pregeneration", where="class_balance",
+                         fix="use 'equal' or weights such as {0: 1, 1: 2}")
+    total = sum(weights.values())
+    ones = round(n * weights.get(1, 0.0) / total)
+    return {0: n - ones, 1: ones}
+
+
+def _interleave(counts: Mapping[int, int]) -> list[tuple[int, int]]:
+    """(label, index) pairs in a fixed order that alternates the classes, so every shard gets both."""
+    out, j = [], 0
+    while any(j < counts.get(c, 0) for c in LABELS):
+        out += [(c, j) for c in LABELS if j < counts.get(c, 0)]
+        j += 1
+    return out
+
+
+@dataclass
+class VerifyReport:
+    """What ``SyntheticCache.verify`` found; ``ok`` when nothing is missing, corrupt, duplicated or torn."""
+
+    volumes: int = 0
+    missing: list[str] = field(default_factory=list)  # ids whose file is gone
+    corrupt: list[str] = field(default_factory=list)  # ids whose file's sha256 differs
+    duplicates: list[str] = field(default_factory=list)  # ids with more than one manifest line
+    bad_lines: list[int] = field(default_factory=list)  # manifest line numbers that are not complete JSON
+    orphans: list[str] = field(default_factory=list)  # volume files with no manifest line (harmless)
+    temp_files: list[str] = field(default_factory=list)  # left by killed writers (harmless)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupt or self.duplicates or self.bad_lines)
+
+
+class SyntheticCache:
+    """An existing cache folder (``cache.json`` required). ``create`` makes one for a generator."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        file = self.path / CACHE_FILE
+        if not file.is_file():
+            raise InputError(f"not a synthetic cache (no {CACHE_FILE})", where=str(self.path),
+                             fix="pass a folder made by `synthaug pregenerate`, or create one")
+        try:
+            self.meta: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{CACHE_FILE} is not valid JSON", where=str(file),
+                             fix="restore it or make the cache again") from exc
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"cache format {self.meta.get('format_version')!r} is not {FORMAT_VERSION}",
+                             where=str(file), fix="make the cache again with this synthaug version")
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._read_size = -1
+
+    # ------------------------------------------------------------ creation and identity
+
+    @staticmethod
+    def describe(generator, file_format: str = "nifti-gz", seed: int = 0) -> dict[str, Any]:  # noqa: ANN001
+        """The ``cache.json`` content for volumes made by ``generator``."""
+        if file_format not in FILE_FORMATS:
+            raise InputError(f"unknown file format {file_format!r}", where="file_format",
+                             fix=f"choose one of {', '.join(FILE_FORMATS)}")
+        data = generator.bundle.config.data
+        return {
+            "format_version": FORMAT_VERSION, "bundle_fingerprint": generator.fingerprint,
+            "bundle_path": str(Path(generator.bundle.path).resolve()), "generator": generator.settings(),
+            "report_source": generator.report_source, "seed": int(seed), "file_format": file_format,
+            "dtype": "float32", "shape": [len(data.modalities), *generator.image_shape],
+            "spacing": list(generator.spacing), "affine": generator.affine.tolist(),
+            "train_case_ids": sorted(generator.bundle.train_case_ids),
+        }
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], generator, *, file_format: str = "nifti-gz",  # noqa: ANN001
+               seed: int = 0, allow_foreign: bool = False) -> SyntheticCache:
+        """Make a cache folder for ``generator`` (or open the existing one, checking it was made alike)."""
+        path = Path(path)
+        meta = cls.describe(generator, file_format, seed)
+        if (path / CACHE_FILE).is_file():
+            cache = cls(path)
+            cache.check_generator(generator, allow_foreign=allow_foreign)
+            if cache.meta["seed"] != meta["seed"] or cache.meta["file_format"] != meta["file_format"]:
+                raise InputError(f"the cache was made with seed {cache.meta['seed']} and format "
+                                 f"{cache.meta['file_format']}", where=str(path),
+                                 fix="use the cache's seed and format, or another folder")
+            return cache
+        if path.exists() and any(path.iterdir()):
+            raise InputError("folder exists, is not empty and is not a synthetic cache", where=str(path),
+                             fix="choose an empty or new folder")
+        (path / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
+        with cls._lock_for(path):
+            if not (path / CACHE_FILE).is_file():  # another process may have created it meanwhile
+                atomic_write_text(path / CACHE_FILE, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        cache = cls(path)
+        cache.check_generator(generator, allow_foreign=allow_foreign)
+        return cache
+
+    def check_generator(self, generator, allow_foreign: bool = False) -> None:  # noqa: ANN001
+        """Refuse a generator from another bundle, or with other sampler settings, unless ``allow_foreign``."""
+        if allow_foreign:
+            return
+        if generator.fingerprint != self.meta["bundle_fingerprint"]:
+            raise InputError(f"the cache was made by another bundle ({self.meta['bundle_fingerprint'][:16]}, "
+                             f"not {generator.fingerprint[:16]})", where=str(self.path),
+                             fix="use the bundle that made it, another cache folder, or allow_foreign=True")
+        ours, theirs = self.meta["generator"], generator.settings()
+        if ours != theirs or self.meta["report_source"] != generator.report_source:
+            changed = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+            changed += ["report_source"] if self.meta["report_source"] != generator.report_source else []
+            raise InputError(f"the cache was made with other generator settings ({', '.join(changed)})",
+                             where=str(self.path), fix="use the cache's settings (see `synthaug cache info`), "
+                                                       "or another cache folder")
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.meta["bundle_fingerprint"])
+
+    @property
+    def train_case_ids(self) -> set[str]:
+        """Case ids the generator was trained on (for leakage checks)."""
+        return set(self.meta.get("train_case_ids", []))
+
+    # ------------------------------------------------------------ manifest
+
+    @staticmethod
+    def _lock_for(path: Path):  # noqa: ANN205 - a filelock lock
+        from filelock import FileLock
+
+        return FileLock(str(path / f"{MANIFEST_FILE}.lock"), timeout=600)
+
+    def _lines(self) -> list[str]:
+        file = self.path / MANIFEST_FILE
+        return file.read_text(encoding="utf-8").split("\n") if file.is_file() else []
+
+    def _parse(self, lines: list[str]) -> tuple[dict[str, dict[str, Any]], list[int], list[str]]:
+        rows: dict[str, dict[str, Any]] = {}
+        bad, duplicates = [], []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                row_id = row["id"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                bad.append(number)
+                continue
+            if row_id in rows:
+                duplicates.append(row_id)
+            else:
+                rows[row_id] = row
+        return rows, bad, duplicates
+
+    def rows(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        """Manifest rows by id (re-read when the file changed, or when ``refresh``).
+
+        A line that is not complete JSON is an error, except an unterminated last line (a write in
+        progress elsewhere), which is skipped.
+        """
+        file = self.path / MANIFEST_FILE
+        size = file.stat().st_size if file.is_file() else 0
+        if refresh or size != self._read_size:
+            lines = self._lines()
+            rows, bad, _ = self._parse(lines)
+            bad = [n for n in bad if n != len(lines)]  # the last piece has no newline yet: still being written
+            if bad:
+                raise InputError(f"{MANIFEST_FILE} line {bad[0]} is not a complete JSON object", where=str(self.path),
+                                 fix="run `synthaug cache verify` and remove the broken line(s), then pregenerate "
+                                     "again to remake what is missing")
+            self._rows, self._read_size = rows, size
+        return self._rows
+
+    def _append(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Append rows whose id is not in the manifest yet, under the lock; returns how many were new."""
+        file = self.path / MANIFEST_FILE
+        with self._lock_for(self.path):
+            present = self.rows(refresh=True)
+            new = [r for r in rows if r["id"] not in present]
+            if new:
+                text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in new)
+                with open(file, "ab") as handle:
+                    raw = file.read_bytes()
+                    if raw and not raw.endswith(b"\n"):  # under the lock: a torn line nobody is finishing
+                        handle.truncate(raw.rfind(b"\n") + 1)
+                    handle.write(text.encode("utf-8"))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            self.rows(refresh=True)
+        return len(new)
+
+    def __len__(self) -> int:
+        return len(self.rows())
+
+    def ids(self, label: int | None = None) -> list[str]:
+        return sorted(k for k, r in self.rows().items() if label is None or r["label"] == label)
+
+    def file(self, row: Mapping[str, Any]) -> Path:
+        return self.path / row["file"]
+
+    def item(self, row_id: str, image_key: str = "image", label_from: str = "requested") -> dict[str, Any]:
+        """One volume as a MONAI-style dict: its file path under ``image_key``, like a real manifest item."""
+        row = self.rows()[row_id]
+        label = row["predicted_label"] if label_from == "predicted" else row["label"]
+        return {image_key: str(self.file(row)), "label": int(label), "is_synthetic": True, "synthetic_id": row_id,
+                "case_id": row_id, "report": row["report"]}
+
+    def items(self, label: int | None = None, image_key: str = "image") -> list[dict[str, Any]]:
+        return [self.item(i, image_key) for i in self.ids(label)]
+
+    # ------------------------------------------------------------ pregeneration
+
+    def plan(self, counts: Mapping[int, int], shard: tuple[int, int] = (0, 1)) -> list[tuple[int, int]]:
+        """The (label, index) pairs of ``counts`` that fall in ``shard`` = (i, n_shards)."""
+        i, n = shard
+        if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
+            raise InputError(f"shard {i}/{n} is not valid", where="shard", fix="use i/n with 0 <= i < n, e.g. 0/4")
+        return _interleave(counts)[i::n]
+
+    def pregenerate(self, generator, n: int | None = None, *, class_balance: str | Mapping[int, float] = "equal",  # noqa: ANN001
+                    counts: Mapping[int, int] | None = None, shard: tuple[int, int] = (0, 1), batch_size: int = 8,
+                    progress: Callable[[int, int], None] | None = None, allow_foreign: bool = False) -> int:
+        """Make the volumes of ``n`` (split by ``class_balance``) or ``counts`` that the cache lacks; returns how many.
+
+        Resumable and shardable: the volumes wanted are fixed by (counts, shard), and those already in the
+        manifest are skipped, so re-running after a kill, or running shards in parallel, only fills gaps.
+        """
+        self.check_generator(generator, allow_foreign=allow_foreign)
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}", where="batch_size", fix="use 1 or more")
+        wanted = self.plan(counts if counts is not None else class_counts(n or 0, class_balance), shard)
+        present = self.rows(refresh=True)
+        todo = [(c, j) for c, j in wanted if volume_id(c, j) not in present]
+        done = 0
+        if progress:
+            progress(0, len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            self.make(generator, batch)
+            done += len(batch)
+            if progress:
+                progress(done, len(todo))
+        return len(todo)
+
+    def make(self, generator, pairs: Sequence[tuple[int, int]]) -> list[str]:  # noqa: ANN001
+        """Generate, write (atomically) and record the volumes ``(label, index)``; returns their ids."""
+        from synthaug.generate import write_volume
+
+        if not pairs:
+            return []
+        labels = [c for c, _ in pairs]
+        seeds = [volume_seed(self.meta["seed"], c, j) for c, j in pairs]
+        out = generator.generate(labels, seeds=seeds)
+        suffix = FILE_FORMATS[self.meta["file_format"]]
+        rows = []
+        for (label, index), volume, record in zip(pairs, out.volumes, out.provenance):
+            row_id = volume_id(label, index)
+            relative = f"{VOLUMES_DIR}/{row_id}{suffix}"
+            write_volume(volume, out.affine, self.path / relative)
+            rows.append({
+                "id": row_id, "label": label, "requested_label": label, "predicted_prob": record["predicted_prob"],
+                "predicted_label": record["predicted_label"], "report": record["report"],
+                "report_source": record["report_source"], "seed": record["seed"], "file": relative,
+                "sha256": file_sha256(self.path / relative),
+            })
+        self._append(rows)
+        return [r["id"] for r in rows]
+
+    # ------------------------------------------------------------ checks
+
+    def verify(self) -> VerifyReport:
+        """Check every manifest line: complete JSON, unique id, file present with the recorded sha256."""
+        rows, bad, duplicates = self._parse(self._lines())
+        report = VerifyReport(volumes=len(rows), bad_lines=bad, duplicates=sorted(set(duplicates)))
+        for row_id, row in sorted(rows.items()):
+            file = self.file(row)
+            if not file.is_file():
+                report.missing.append(row_id)
+            elif file_sha256(file) != row.get("sha256"):
+                report.corrupt.append(row_id)
+        folder = self.path / VOLUMES_DIR
+        if folder.is_dir():
+            listed = {Path(r["file"]).name for r in rows.values()}
+            for f in sorted(folder.iterdir()):
+                if f.name.startswith("."):
+                    report.temp_files.append(f.name)
+                elif f.name not in listed:
+                    report.orphans.append(f.name)
+        return report
+
+    def info(self) -> dict[str, Any]:
+        """Counts per class, reports, generator settings, bundle and size on disk."""
+        rows = self.rows(refresh=True)
+        size = sum(f.stat().st_size for f in (self.path / VOLUMES_DIR).glob("*") if f.is_file()) \
+            if (self.path / VOLUMES_DIR).is_dir() else 0
+        agree = [r for r in rows.values() if r.get("predicted_label") is not None]
+        return {
+            "path": str(self.path), "volumes": len(rows),
+            "per_class": {str(c): n for c, n in sorted(Counter(r["label"] for r in rows.values()).items())},
+            "distinct_reports": len({r["report"] for r in rows.values()}),
+            "report_sources": dict(Counter(r["report_source"] for r in rows.values())),
+            "predicted_agrees": (sum(r["predicted_label"] == r["label"] for r in agree) / len(agree)) if agree else None,
+            "generator": self.meta["generator"], "bundle_fingerprint": self.fingerprint,
+            "file_format": self.meta["file_format"], "shape": self.meta["shape"], "bytes": size,
+        }

@@ -1,0 +1,338 @@
+"""SyntheticMixDataset: real items plus a class-balanced, per-epoch draw of synthetic volumes.
+
+    ds = SyntheticMixDataset(real_items, "synth_cache", ratio=1.0, class_balance="equal", transform=train_tf)
+    loader = DataLoader(ds, batch_size=8, shuffle=True, num_workers=2)
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)          # a fresh deterministic draw of synthetic volumes
+        for batch in loader: ...
+
+A synthetic item carries its volume's file path under the image key, exactly like a real manifest
+item, so the user's ``LoadImaged``-based transform loads both kinds the same way. Every item has the
+same keys, so mixed batches collate: the image, ``label``, ``case_id``, ``report``, ``is_synthetic`` and
+``synthetic_id`` ("" for real ones), plus the real items' keys named in ``keep_keys`` (synthetic items
+take those from their cache manifest line, or None).
+
+Sources: a ``SyntheticCache`` (or its folder) is a fixed pool per class; a ``CCELLAGenerator`` (or a
+bundle folder) generates what an epoch needs and is not in its write-through cache yet, in a
+background thread, in batches, while the loader consumes what is ready (workers wait for a volume to
+appear in the cache). Without generation a short pool repeats volumes, with a logged warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from synthaug.errors import InputError
+from synthaug.mix.cache import LABELS, SyntheticCache, volume_id
+
+logger = logging.getLogger(__name__)
+
+BALANCES = ("equal", "match_real", "fill_minority")
+WAIT_TIMEOUT_S = 3600.0
+
+
+def synthetic_quotas(real_counts: Mapping[int, int], n_synthetic: int,
+                     class_balance: str | Mapping[int, float]) -> dict[int, int]:
+    """Synthetic volumes per class for one epoch.
+
+    ``equal``: half each; ``match_real``: the real class proportions; ``fill_minority``: as many of the
+    minority class as make the combined set balanced, the rest split evenly; ``{label: weight}``:
+    proportional to the weights.
+    """
+    n_real = sum(real_counts.values())
+    if isinstance(class_balance, Mapping):
+        weights = {}
+        for key, value in class_balance.items():
+            try:
+                label, weight = int(key), float(value)
+            except (TypeError, ValueError):
+                label, weight = -1, -1.0
+            if label not in LABELS or not weight >= 0:
+                raise InputError(f"class weight {key!r}: {value!r} is not valid", where="class_balance",
+                                 fix="use labels 0 and 1 with non-negative weights, e.g. {0: 1, 1: 2}")
+            weights[label] = weight
+        if sum(weights.values()) <= 0:
+            raise InputError("class weights sum to 0", where="class_balance", fix="give at least one positive weight")
+        ones = round(n_synthetic * weights.get(1, 0.0) / sum(weights.values()))
+    elif class_balance == "equal":
+        ones = n_synthetic // 2 + (n_synthetic % 2)  # an odd extra volume goes to class 1 (usually the minority)
+    elif class_balance == "match_real":
+        if n_real == 0:
+            raise InputError("class_balance 'match_real' needs real items", where="class_balance",
+                             fix="use 'equal' or explicit weights for a synthetic-only dataset")
+        ones = round(n_synthetic * real_counts.get(1, 0) / n_real)
+    elif class_balance == "fill_minority":
+        r0, r1 = real_counts.get(0, 0), real_counts.get(1, 0)
+        gap = abs(r1 - r0)
+        minority = 1 if r1 <= r0 else 0
+        to_minority = n_synthetic if n_synthetic <= gap else gap + math.ceil((n_synthetic - gap) / 2)
+        ones = to_minority if minority == 1 else n_synthetic - to_minority
+    else:
+        raise InputError(f"unknown class balance {class_balance!r}", where="class_balance",
+                         fix=f"use one of {', '.join(BALANCES)} or weights such as {{0: 1, 1: 2}}")
+    return {0: n_synthetic - ones, 1: ones}
+
+
+def _default_cache_dir(generator) -> Path:  # noqa: ANN001
+    import hashlib
+    import json
+
+    root = Path(os.environ.get("SYNTHAUG_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                / "synthaug")
+    settings = hashlib.sha256(json.dumps([generator.settings(), generator.report_source],
+                                         sort_keys=True).encode()).hexdigest()[:8]
+    return root / f"{generator.fingerprint[:16]}-{settings}"
+
+
+def _open_source(synthetic, cache_dir, generate: bool):  # noqa: ANN001, ANN202
+    """-> (cache or None, generator or None) for a cache, a generator, a cache folder or a bundle folder."""
+    from synthaug.generate import CCELLAGenerator
+
+    if synthetic is None:
+        return None, None
+    if isinstance(synthetic, SyntheticCache):
+        return synthetic, None
+    if isinstance(synthetic, (str, os.PathLike)):
+        path = Path(synthetic)
+        if (path / "cache.json").is_file():
+            return SyntheticCache(path), None
+        if (path / "fingerprint").is_file():
+            synthetic = CCELLAGenerator.from_bundle(path)
+        else:
+            raise InputError("neither a synthetic cache (cache.json) nor a bundle (fingerprint)", where=str(path),
+                             fix="pass a folder made by `synthaug pregenerate` or `synthaug train`")
+    if isinstance(synthetic, CCELLAGenerator):
+        cache = SyntheticCache.create(cache_dir or _default_cache_dir(synthetic), synthetic)
+        return cache, synthetic if generate else None
+    raise InputError(f"cannot use a {type(synthetic).__name__} as the synthetic source", where="synthetic",
+                     fix="pass a SyntheticCache, a CCELLAGenerator, or the folder of either")
+
+
+class SyntheticMixDataset(Dataset):
+    """Real items followed by this epoch's synthetic items (see the module docstring)."""
+
+    def __init__(
+        self,
+        real: Sequence[Mapping[str, Any]] | Dataset,
+        synthetic: Any = None,
+        ratio: float = 1.0,
+        class_balance: str | Mapping[int, float] = "equal",
+        transform: Callable[[dict], Any] | None = None,
+        seed: int = 0,
+        *,
+        num_synthetic: int | None = None,
+        pool_size: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        generate: bool = True,
+        label_from: str = "requested",
+        image_key: str = "image",
+        label_key: str = "label",
+        keep_keys: Sequence[str] = (),
+    ) -> None:
+        """
+        Args:
+            real: MONAI-style dicts (or a Dataset returning them) with ``image_key`` and ``label_key``; may be empty.
+            synthetic: ``SyntheticCache`` | ``CCELLAGenerator`` | path of a cache or bundle folder | None (ratio 0).
+            ratio: synthetic items per real item per epoch (0 = real only).
+            class_balance: ``equal`` | ``match_real`` | ``fill_minority`` | ``{label: weight}``.
+            transform: applied identically to real and synthetic items.
+            num_synthetic: synthetic items per epoch instead of ``ratio * len(real)`` (needed when ``real`` is
+                empty and the source is a generator).
+            pool_size: generator source only: distinct volumes per class to draw from (default: the quota, so
+                later epochs reuse the first epoch's volumes in a new draw; larger = more variety, more generation).
+            cache_dir: generator source only: the write-through cache (default ``$SYNTHAUG_CACHE_DIR`` or
+                ``~/.cache/synthaug/<bundle>-<settings>``).
+            generate: False uses only what the cache already has (repeating with a warning when short).
+            label_from: ``requested`` (the class asked for) or ``predicted`` (the adapter's class from the report).
+            keep_keys: further keys of the real items to pass through (e.g. ``["adc", "pirads"]``).
+        """
+        try:
+            ratio = float(ratio)
+        except (TypeError, ValueError):
+            ratio = float("nan")
+        if not (math.isfinite(ratio) and ratio >= 0):
+            raise InputError(f"ratio must be a finite number >= 0, got {ratio}", where="ratio",
+                             fix="use 0 for real only, 1 for one synthetic item per real item")
+        if label_from not in ("requested", "predicted"):
+            raise InputError(f"unknown label source {label_from!r}", where="label_from", fix="use requested or predicted")
+        self.real = real
+        self.ratio, self.class_balance, self.transform, self.seed = ratio, class_balance, transform, int(seed)
+        self.image_key, self.label_key, self.label_from = image_key, label_key, label_from
+        self.keep_keys = tuple(keep_keys)
+        self.real_labels = self._real_labels()
+        real_counts = {c: self.real_labels.count(c) for c in LABELS}
+
+        self.cache, self.generator = _open_source(synthetic, cache_dir, generate)
+        if num_synthetic is not None and num_synthetic < 0:
+            raise InputError(f"num_synthetic must be >= 0, got {num_synthetic}", where="num_synthetic",
+                             fix="use 0 or more")
+        if num_synthetic is None and not self.real_labels:
+            if self.cache is None or self.generator is not None:
+                raise InputError("no real items and no fixed synthetic pool: nothing to draw", where="real",
+                                 fix="pass real items, a non-empty cache, or num_synthetic with a generator")
+            num_synthetic = len(self.cache)
+        self.num_synthetic = round(ratio * len(self.real_labels)) if num_synthetic is None else int(num_synthetic)
+        if self.num_synthetic and self.cache is None:
+            raise InputError(f"ratio {ratio} needs a synthetic source", where="synthetic",
+                             fix="pass a cache or generator, or ratio=0")
+        if not self.real_labels and not self.num_synthetic:
+            raise InputError("no real items and an empty synthetic pool", where="SyntheticMixDataset",
+                             fix="pass real items or a cache with volumes")
+        self.quotas = synthetic_quotas(real_counts, self.num_synthetic, class_balance)
+        self.pool_size = pool_size
+        self._pools = self._pool_ids()
+        self._producer: threading.Thread | None = None
+        self._producer_error: BaseException | None = None
+        self.epoch = -1
+        self.synthetic_ids: list[str] = []
+        self.set_epoch(0)
+
+    # ------------------------------------------------------------ setup
+
+    def _real_labels(self) -> list[int]:
+        items = getattr(self.real, "data", self.real)  # a MONAI Dataset keeps its raw items in .data
+        labels = []
+        for i in range(len(items)):
+            item = items[i]
+            if not isinstance(item, Mapping) or self.label_key not in item:
+                who = item.get("case_id", i) if isinstance(item, Mapping) else i
+                raise InputError(f"real item {who!r} has no {self.label_key!r}", where="real",
+                                 fix=f"give every real item a {self.label_key!r} of 0 or 1")
+            try:
+                label = int(item[self.label_key])
+            except (TypeError, ValueError):
+                label = -1
+            if label not in LABELS:
+                raise InputError(f"real item {item.get('case_id', i)!r} has label {item[self.label_key]!r}",
+                                 where="real", fix="labels must be 0 or 1")
+            labels.append(label)
+        return labels
+
+    def _pool_ids(self) -> dict[int, list[str]]:
+        """Per class: the ids an epoch draws from (the cache's, or the generator's indexed pool)."""
+        pools: dict[int, list[str]] = {}
+        for c in LABELS:
+            if self.generator is not None:
+                size = max(self.quotas[c], self.pool_size or 0)
+                pools[c] = [volume_id(c, j) for j in range(size)]
+            elif self.cache is not None:
+                rows = self.cache.rows(refresh=True)
+                key = "predicted_label" if self.label_from == "predicted" else "label"
+                pools[c] = sorted(i for i, r in rows.items() if r[key] == c)
+                gone = [i for i in pools[c] if not self.cache.file(rows[i]).is_file()]
+                if gone:
+                    raise InputError(f"{len(gone)} volume file(s) of the cache are missing, e.g. {gone[0]}",
+                                     where=str(self.cache.path), fix="run `synthaug cache verify`, then pregenerate "
+                                                                     "again to remake them")
+            else:
+                pools[c] = []
+            if self.quotas[c] and not pools[c]:
+                raise InputError(f"class_balance asks for {self.quotas[c]} synthetic volumes of class {c} but the "
+                                 "cache has none", where=str(self.cache.path) if self.cache else "synthetic",
+                                 fix=f"pregenerate class-{c} volumes, or choose another class_balance")
+        return pools
+
+    # ------------------------------------------------------------ epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw this epoch's synthetic items (deterministic in (seed, epoch)); real items stay as they are."""
+        self.epoch = int(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch, 0x5A17])
+        chosen: list[str] = []
+        for c in LABELS:
+            pool, quota = self._pools[c], self.quotas[c]
+            if quota <= len(pool):
+                picked = sorted(rng.choice(len(pool), size=quota, replace=False).tolist())
+            else:
+                logger.warning("epoch %d: %d synthetic volumes of class %d wanted, the cache has %d: repeating some "
+                               "(pregenerate more, or pass a generator)", self.epoch, quota, c, len(pool))
+                picked = sorted([*list(range(len(pool))) * (quota // len(pool)),
+                                 *rng.choice(len(pool), size=quota % len(pool), replace=False).tolist()])
+            chosen += [pool[i] for i in picked]
+        self.synthetic_ids = chosen
+        if self.generator is not None:
+            self._start_producer([i for i in chosen if i not in self.cache.rows()])
+
+    def _start_producer(self, missing: list[str]) -> None:
+        if not missing:
+            return
+        if self._producer is not None:
+            self._producer.join()  # one producer at a time; the previous epoch's work is still useful
+        pairs = sorted({(int(i.split("-")[1][1:]), int(i.split("-")[2])) for i in missing}, key=lambda p: (p[1], p[0]))
+        self._producer_error = None
+
+        def produce() -> None:
+            try:
+                size = self.generator.batch_size
+                for start in range(0, len(pairs), size):
+                    self.cache.make(self.generator, pairs[start:start + size])
+            except BaseException as exc:  # surfaced to the consumer in __getitem__
+                self._producer_error = exc
+
+        self._producer = threading.Thread(target=produce, name="synthaug-producer", daemon=True)
+        self._producer.start()
+
+    def wait(self) -> None:
+        """Block until this epoch's synthetic volumes are all in the cache (generation finished)."""
+        if self._producer is not None:
+            self._producer.join()
+        if self._producer_error is not None:
+            raise self._producer_error
+
+    # ------------------------------------------------------------ access
+
+    def __len__(self) -> int:
+        return len(self.real_labels) + len(self.synthetic_ids)
+
+    def _synthetic_item(self, row_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
+        while row_id not in self.cache.rows():
+            if self._producer_error is not None:
+                raise self._producer_error
+            if time.monotonic() > deadline:
+                raise InputError(f"synthetic volume {row_id} did not appear within {WAIT_TIMEOUT_S:.0f} s",
+                                 where=str(self.cache.path), fix="check that generation is running (or pregenerate)")
+            time.sleep(0.05)
+        return self.cache.item(row_id, self.image_key, self.label_from)
+
+    def __getitem__(self, index: int) -> Any:
+        n_real = len(self.real_labels)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        if index < n_real:
+            source = self.real[index]
+            item = {self.image_key: source[self.image_key], "label": source[self.label_key],
+                    "case_id": source.get("case_id", f"real-{index}"), "report": source.get("report", ""),
+                    "is_synthetic": False, "synthetic_id": "", **{k: source.get(k) for k in self.keep_keys}}
+        else:
+            row_id = self.synthetic_ids[index - n_real]
+            item = self._synthetic_item(row_id)
+            item.update({k: self.cache.rows()[row_id].get(k) for k in self.keep_keys if k not in item})
+        return self.transform(item) if self.transform is not None else item
+
+    def summary(self) -> dict[str, Any]:
+        """Counts of this epoch's items by kind and class."""
+        syn = [self.cache.rows()[i] if i in self.cache.rows() else {"label": int(i.split("-")[1][1:])}
+               for i in self.synthetic_ids] if self.cache is not None else []
+        key = "predicted_label" if self.label_from == "predicted" else "label"
+        return {"epoch": self.epoch, "real": {c: self.real_labels.count(c) for c in LABELS},
+                "synthetic": {c: sum(r.get(key, r["label"]) == c for r in syn) for c in LABELS}}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for spawned DataLoader workers: they read the cache and never generate."""
+        state = dict(self.__dict__)
+        state.update(_producer=None, generator=None)
+        return state
+

@@ -1,0 +1,154 @@
+"""SyntheticCache: pregeneration, resume after SIGKILL, concurrent shards, verify, foreign caches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from synthaug.data.io import read_volume
+from synthaug.errors import InputError
+from synthaug.generate import CCELLAGenerator
+from synthaug.mix.cache import CACHE_FILE, MANIFEST_FILE, SyntheticCache, class_counts, volume_id
+from tests.test_cli import assert_one_line_error, synthaug
+
+FAST = ["--sampler", "ddim", "--steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def generator(small_bundle) -> CCELLAGenerator:
+    return CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+
+
+def manifest_ids(folder) -> list[str]:
+    return [json.loads(line)["id"] for line in (folder / MANIFEST_FILE).read_text().splitlines() if line.strip()]
+
+
+def test_pregenerate_fills_per_class_pools_and_resumes_without_repeats(generator, tmp_path):
+    cache = SyntheticCache.create(tmp_path / "c", generator)
+    assert cache.pregenerate(generator, n=5, class_balance={0: 2, 1: 3}, batch_size=2) == 5
+    assert cache.ids(0) == [volume_id(0, j) for j in range(2)] and cache.ids(1) == [volume_id(1, j) for j in range(3)]
+    assert cache.pregenerate(generator, n=5, class_balance={0: 2, 1: 3}) == 0  # nothing missing: nothing made
+    assert cache.pregenerate(generator, n=8) == 3  # equal 4 + 4: two more of class 0, one more of class 1
+    assert sorted(manifest_ids(tmp_path / "c")) == sorted(set(manifest_ids(tmp_path / "c")))
+    report = cache.verify()
+    assert report.ok and report.volumes == 8
+    info = cache.info()
+    assert info["per_class"] == {"0": 4, "1": 4} and info["generator"]["steps"] == 2 and info["bytes"] > 0
+    item = cache.item(volume_id(1, 0))
+    assert item["is_synthetic"] and item["label"] == 1 and os.path.isfile(item["image"]) and item["report"]
+
+
+def test_the_same_plan_makes_the_same_volumes_anywhere(generator, tmp_path):
+    a = SyntheticCache.create(tmp_path / "a", generator)
+    b = SyntheticCache.create(tmp_path / "b", generator)
+    c = SyntheticCache.create(tmp_path / "c", generator)
+    a.pregenerate(generator, n=4, batch_size=4)
+    b.pregenerate(generator, n=4, batch_size=4)
+    c.pregenerate(generator, n=4, batch_size=1)
+    assert {k: r["sha256"] for k, r in a.rows().items()} == {k: r["sha256"] for k, r in b.rows().items()}
+    for row_id in a.ids():  # another batch size: the same volumes up to float reordering in batched convolutions
+        x, y = (read_volume(cache.file(cache.rows()[row_id])).array for cache in (a, c))
+        assert np.allclose(x, y, rtol=0, atol=1e-5 * np.abs(x).max())
+        assert a.rows()[row_id]["report"] == c.rows()[row_id]["report"]
+
+
+def test_two_processes_on_two_shards_make_one_valid_cache(small_bundle, tmp_path):
+    out = tmp_path / "shared"
+    command = [sys.executable, "-m", "synthaug", "pregenerate", "--bundle", str(small_bundle), "--out", str(out),
+               "--n", "8", "--batch-size", "2", *FAST]
+    workers = [subprocess.Popen([*command, "--shard", f"{i}/2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}) for i in range(2)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0, w.stderr.read().decode()
+    ids = manifest_ids(out)
+    assert len(ids) == len(set(ids)) == 8
+    assert SyntheticCache(out).verify().ok
+
+
+def test_a_killed_pregeneration_resumes_to_the_exact_count(small_bundle, generator, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "synthaug", "pregenerate", "--bundle", str(small_bundle), "--out", str(out),
+               "--n", "10", "--batch-size", "1", *FAST]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / MANIFEST_FILE).is_file() and len(manifest_ids(out)) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    made_before = len(manifest_ids(out))
+    assert 2 <= made_before < 10
+    cache = SyntheticCache(out)
+    assert cache.pregenerate(generator, n=10) == 10 - made_before
+    ids = manifest_ids(out)
+    assert len(ids) == len(set(ids)) == 10
+    assert cache.verify().ok
+
+
+def test_verify_finds_corrupt_and_missing_volumes(small_cache, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(small_cache, folder)
+    cache = SyntheticCache(folder)
+    first, second = cache.ids()[:2]
+    path = cache.file(cache.rows()[first])
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    cache.file(cache.rows()[second]).unlink()
+    with open(folder / MANIFEST_FILE, "a") as handle:
+        handle.write('{"id": "torn", "label": 1, "fi')
+    report = cache.verify()
+    assert report.corrupt == [first] and report.missing == [second] and report.bad_lines and not report.ok
+    done = synthaug("cache", "verify", folder)
+    assert done.returncode == 2 and "corrupt" in done.stdout and "Traceback" not in done.stderr
+    assert synthaug("cache", "verify", small_cache).returncode == 0
+
+
+def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(small_cache, generator, tmp_path):
+    folder = tmp_path / "torn"
+    shutil.copytree(small_cache, folder)
+    with open(folder / MANIFEST_FILE, "a") as handle:
+        handle.write('{"id": "syn-l1-000099", "lab')
+    cache = SyntheticCache(folder)
+    assert len(cache) == 12  # the unterminated tail is a write in progress: skipped
+    cache.pregenerate(generator, n=14)
+    assert cache.verify().ok and len(manifest_ids(folder)) == 14
+
+
+def test_foreign_or_differently_made_caches_are_refused(small_bundle, small_cache, tmp_path):
+    folder = tmp_path / "foreign"
+    shutil.copytree(small_cache, folder)
+    meta = json.loads((folder / CACHE_FILE).read_text())
+    meta["bundle_fingerprint"] = "0" * 64
+    (folder / CACHE_FILE).write_text(json.dumps(meta))
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    with pytest.raises(InputError, match="another bundle"):
+        SyntheticCache.create(folder, generator)
+    SyntheticCache.create(folder, generator, allow_foreign=True)  # asked for: allowed
+    other_steps = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=3)
+    with pytest.raises(InputError, match="other generator settings"):
+        SyntheticCache.create(small_cache, other_steps)
+
+
+def test_bad_input_is_one_clear_error(small_bundle, small_cache, tmp_path):
+    with pytest.raises(InputError, match="no cache.json"):
+        SyntheticCache(tmp_path)
+    (tmp_path / "bad.json").mkdir()
+    (tmp_path / "bad.json" / CACHE_FILE).write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        SyntheticCache(tmp_path / "bad.json")
+    with pytest.raises(InputError, match="n must be >= 0"):
+        class_counts(-1)
+    assert_one_line_error(synthaug("cache", "info", tmp_path), "no cache.json")
+    for args, match in ((["--shard", "2/2"], "shard"), (["--class-balance", "most"], "class balance")):
+        done = synthaug("pregenerate", "--bundle", small_bundle, "--out", tmp_path / "x", "--n", "2", *args)
+        assert_one_line_error(done, match)
+    assert not (tmp_path / "x").exists()

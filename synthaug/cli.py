@@ -191,6 +191,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(console, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def _shard(text: str | None) -> tuple[int, int]:
     from synthaug.errors import InputError
 
@@ -289,6 +300,96 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     sys.stderr.write(f"synthaug: error: {args.cache}: cache has problems (see above); re-run `synthaug pregenerate` "
                      "with the same settings to remake missing or corrupt volumes\n")
     return EXIT_BAD_INPUT
+
+
+def _ratios(text: str) -> list:
+    from synthaug.errors import InputError
+    from synthaug.sweep import SYNTHETIC_ONLY
+
+    out: list = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == SYNTHETIC_ONLY:
+            out.append(part)
+            continue
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise InputError(f"ratio {part!r} is not a number or {SYNTHETIC_ONLY}", where="--ratios",
+                             fix="e.g. --ratios 0,0.5,1,2,synthetic-only") from None
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+
+    from synthaug.errors import InputError
+    from synthaug.report import stage_progress
+    from synthaug.sweep import SweepSettings, run_sweep
+    from synthaug.sweep_report import HEADER, table_rows
+
+    low, _, high = (args.ratio_range or "0.1:4").partition(":")
+    try:
+        ratio_min, ratio_max = float(low), float(high)
+    except ValueError:
+        raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX", where="--ratio-range",
+                         fix="e.g. --ratio-range 0.1:4") from None
+    settings = SweepSettings(
+        ratios=_ratios(args.ratios), search=args.search, ratio_min=ratio_min, ratio_max=ratio_max,
+        n_trials=args.trials, tune_lr=args.tune_lr, tune_epochs=args.tune_epochs, seeds=args.seeds,
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        metric=args.metric, class_balance=args.class_balance, label_from=args.label_from, storage=args.storage,
+        samples_per_epoch=args.samples_per_epoch,
+        study_name=args.study_name, allow_leakage=args.allow_leakage, device=args.device)
+    data = _config(args).data if (args.preset or args.config or args.overrides) else None  # None: the generator's
+    console = _console()
+    with stage_progress(console) as progress:
+        summary = run_sweep(args.data, args.synthetic, args.out, settings, data, progress=progress)
+    _print_table(console, f"synthaug sweep: {summary['model']}, {summary['seeds']} seeds", HEADER, table_rows(summary))
+    console.print(f"result: {summary['verdict']}")
+    console.print(f"wrote {args.out}/report.md, summary.json, trials.csv, ratio_vs_metric.png")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from synthaug.evaluate import evaluate_synthetic
+    from synthaug.metrics import headline
+    from synthaug.report import stage_progress
+
+    options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance),
+                                 ("device", args.device)) if v is not None}
+    console = _console()
+    with stage_progress(console) as progress:
+        metrics = evaluate_synthetic(
+            args.real, args.synthetic, args.out, split=args.split, bundle=args.bundle,
+            paper_protocol=args.paper_protocol, generator_options=options, medicalnet=args.medicalnet,
+            radimagenet=args.radimagenet, fidelity_model=None if args.fidelity_model == "none" else args.fidelity_model,
+            fidelity_epochs=args.fidelity_epochs, resize=args.resize, max_synthetic=args.max_synthetic,
+            progress=progress)
+    table = Table(title="synthaug evaluate", show_header=False)
+    for what, value in headline(metrics):
+        table.add_row(what, value)
+    console.print(table)
+    console.print(f"wrote {args.out}/metrics.json, report.md, montages, memorisation.csv")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+
+    from synthaug.demo import run_demo
+    from synthaug.demo_report import ratio_table
+    from synthaug.report import stage_progress
+
+    console = _console()
+    with stage_progress(console) as progress:
+        summary = run_demo(args.out, quick=args.quick, force=args.force, progress=progress, log=console.print)
+    header, rows = ratio_table(summary)
+    _print_table(console, f"synthaug demo: {summary['model']}, {summary['seeds']} seeds per ratio (test split)",
+                 header, rows)
+    console.print(f"[bold]Result:[/bold] {summary['verdict']}.")
+    console.print(f"report: {args.out / 'report.html'} and {args.out / 'report.md'}")
+    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -395,6 +496,65 @@ def build_parser() -> argparse.ArgumentParser:
     p = cache.add_parser("info", help="counts per class, reports, sampler, bundle, size on disk")
     p.add_argument("cache", type=Path, help="cache folder")
     p.set_defaults(func=cmd_cache_info)
+
+    p = sub.add_parser("evaluate", help="quality of synthetic volumes: FID/KID (3D, 2.5D), diversity, memorisation, "
+                                        "conditioning fidelity, montages")
+    p.add_argument("--real", type=Path, required=True, help="manifest of the real data")
+    p.add_argument("--split", default="test", help="real split to compare with (default: test)")
+    p.add_argument("--synthetic", type=Path, help="cache folder (synthaug pregenerate)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="instead of a cache: one synthetic volume per real case of --split, from its report (--bundle)")
+    p.add_argument("--bundle", type=Path, help="bundle for --paper-protocol")
+    p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="for --paper-protocol")
+    p.add_argument("--steps", type=int, help="for --paper-protocol")
+    p.add_argument("--guidance", type=float, help="for --paper-protocol")
+    p.add_argument("--device", help="for --paper-protocol generation: cpu or cuda[:N]")
+    p.add_argument("--medicalnet", type=Path, help="MedicalNet ResNet-50 weights (local file) for 3D FID")
+    p.add_argument("--radimagenet", type=Path, help="RadImageNet ResNet-50 weights (local file) for 2.5D FID")
+    p.add_argument("--fidelity-model", default="tiny-cnn",
+                   help="classifier trained on real train/val to score conditioning fidelity, or none")
+    p.add_argument("--fidelity-epochs", type=int, default=10)
+    p.add_argument("--max-synthetic", type=int, help="evaluate at most this many cache volumes (evenly spaced)")
+    p.add_argument("--resize", action="store_true", help="resample volumes of another shape instead of refusing")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="Optuna study of the synthetic:real ratio -> classifier metrics, with statistics")
+    p.add_argument("--data", type=Path, required=True, help="manifest with train, val and test splits")
+    p.add_argument("--synthetic", type=Path, required=True, help="cache folder (pregenerate) or bundle folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (study.db, trials.csv, report.md, ...)")
+    p.add_argument("--ratios", default="0,0.25,0.5,1,2,4,synthetic-only", help="grid (default: %(default)s)")
+    p.add_argument("--search", choices=["grid", "tpe"], default="grid", help="grid (default) or TPE on a log range")
+    p.add_argument("--ratio-range", help="MIN:MAX for --search tpe (default 0.1:4)")
+    p.add_argument("--trials", type=int, default=10, help="trials for --search tpe (default 10)")
+    p.add_argument("--tune-lr", action="store_true", help="also search the learning rate")
+    p.add_argument("--tune-epochs", action="store_true", help="also search the number of epochs")
+    p.add_argument("--seeds", type=int, default=5, help="classifiers per ratio (default 5)")
+    p.add_argument("--model", default="efficientnet-b0", help="classifier (default: efficientnet-b0, the paper's)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--samples-per-epoch", type=int,
+                   help="items per epoch for every ratio, so that ratios get equal optimiser steps "
+                        "(default: 2 x the real training items; 0: one pass over each ratio's set)")
+    p.add_argument("--metric", default="auroc", help="validation metric that selects models and ranks ratios")
+    p.add_argument("--class-balance", default="equal", choices=["equal", "match_real", "fill_minority"])
+    p.add_argument("--label-from", default="requested", choices=["requested", "predicted"],
+                   help="synthetic labels: the class asked for, or the adapter's prediction from the report")
+    p.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --out)")
+    p.add_argument("--study-name", default="synthaug-sweep")
+    p.add_argument("--allow-leakage", action="store_true", help="accept a generator trained on val/test cases")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    _add_config_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("demo", help="everything on the embedded phantom on a CPU: data, train, pregenerate, "
+                                    "evaluate, sweep, report")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--quick", action="store_true", help="~2 minutes: fewer cases, steps and seeds; same stages")
+    p.add_argument("--force", action="store_true", help="redo every stage (default: reuse finished ones)")
+    p.set_defaults(func=cmd_demo)
 
     config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
                                                                                  metavar="COMMAND", parser_class=_Parser)

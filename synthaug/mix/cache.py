@@ -131,6 +131,7 @@ class SyntheticCache:
             "dtype": "float32", "shape": [len(data.modalities), *generator.image_shape],
             "spacing": list(generator.spacing), "affine": generator.affine.tolist(),
             "train_case_ids": sorted(generator.bundle.train_case_ids),
+            "data": data.model_dump(mode="json"),  # geometry and preprocessing the volumes were made for
         }
 
     @classmethod
@@ -177,6 +178,15 @@ class SyntheticCache:
     @property
     def fingerprint(self) -> str:
         return str(self.meta["bundle_fingerprint"])
+
+    def data_config(self):  # noqa: ANN201 - synthaug.config.DataConfig
+        """The data settings (shape, spacing, normalisation) of the generator that made the cache."""
+        from synthaug.config import DataConfig
+
+        if "data" not in self.meta:
+            raise InputError("cache.json has no data settings (made by an older synthaug)", where=str(self.path),
+                             fix="make the cache again with `synthaug pregenerate`")
+        return DataConfig.model_validate(self.meta["data"])
 
     @property
     def train_case_ids(self) -> set[str]:

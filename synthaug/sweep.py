@@ -1,0 +1,347 @@
+"""``synthaug sweep``: an Optuna study over the synthetic-to-real ratio, scored with the ``classifiers`` package.
+
+    result = run_sweep("phantom/manifest.jsonl", "synth_cache", "sweep_out", SweepSettings(seeds=5))
+
+Each trial is one ratio (a grid point, or a TPE draw on a log range): it trains ``seeds`` classifiers
+on ``SyntheticMixDataset(train split, cache, ratio)``, selects each on the validation split, reports the
+running validation metric after every epoch (so a pruner can stop it), and scores each selected model
+on the test split. The study lives in an Optuna storage (SQLite in the output folder by default; any
+RDB URL lets several machines share it): re-running resumes and never repeats a finished grid point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthaug.config import DataConfig
+from synthaug.errors import InputError
+
+SYNTHETIC_ONLY = "synthetic-only"
+DEFAULT_GRID: tuple[float | str, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, SYNTHETIC_ONLY)
+TEST_METRICS = ("auroc", "balanced_accuracy", "accuracy", "average_precision", "sensitivity", "specificity")
+
+
+@dataclass
+class SweepSettings:
+    """What the study searches and how each classifier trains (``classifiers.FitConfig`` fields)."""
+
+    ratios: Sequence[float | str] = DEFAULT_GRID  # grid points; "synthetic-only" = no real training items
+    search: str = "grid"  # grid | tpe (log-uniform ratio in [ratio_min, ratio_max], n_trials trials)
+    ratio_min: float = 0.1
+    ratio_max: float = 4.0
+    n_trials: int = 10
+    tune_lr: bool = False  # also search the learning rate (log 1e-5..1e-3)
+    tune_epochs: bool = False  # also search the number of epochs (epochs/2..epochs)
+    seeds: int = 5
+    model: str = "efficientnet-b0"
+    epochs: int = 30
+    batch_size: int = 4
+    lr: float = 1e-4
+    patience: int | None = 10
+    metric: str = "auroc"
+    class_balance: str = "equal"
+    augment: bool = True
+    # Training items drawn per epoch, the same for every ratio, so that a gain is not just more optimiser steps
+    # (ratio r makes an epoch (1 + r) times longer otherwise). None: twice the real training items. 0: no fixing.
+    samples_per_epoch: int | None = None
+    label_from: str = "requested"  # requested | predicted (the adapter's class), for the synthetic items
+    storage: str | None = None  # default: sqlite:///<out>/study.db
+    study_name: str = "synthaug-sweep"
+    allow_leakage: bool = False
+    device: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.seeds < 1:
+            raise InputError(f"seeds must be >= 1, got {self.seeds}", where="--seeds", fix="train at least one seed")
+        from classifiers import list_models
+
+        if self.model not in list_models():
+            raise InputError(f"unknown model {self.model!r}", where="--model", fix=f"choose one of {', '.join(list_models())}")
+        if self.search not in ("grid", "tpe"):
+            raise InputError(f"unknown search {self.search!r}", where="--search", fix="use grid or tpe")
+        for r in self.ratios:
+            if r != SYNTHETIC_ONLY and not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
+                raise InputError(f"ratio {r!r} is not a number >= 0 or {SYNTHETIC_ONLY!r}", where="--ratios",
+                                 fix="use non-negative ratios, e.g. 0,0.5,1,2,synthetic-only")
+        if self.search == "grid" and not self.ratios:
+            raise InputError("the ratio grid is empty", where="--ratios", fix="give at least one ratio")
+        if self.search == "tpe" and not 0 < self.ratio_min < self.ratio_max:
+            raise InputError(f"ratio range {self.ratio_min}..{self.ratio_max} is not valid for a log search",
+                             where="--ratio-range", fix="use 0 < min < max, e.g. 0.1..4")
+
+    def space(self) -> dict[str, Any]:
+        """The search space, stored with the study so that a different one is refused."""
+        return {"search": self.search, "ratios": [str(r) for r in self.ratios] if self.search == "grid" else
+                [self.ratio_min, self.ratio_max], "tune_lr": self.tune_lr, "tune_epochs": self.tune_epochs,
+                "seeds": self.seeds, "model": self.model, "metric": self.metric, "class_balance": self.class_balance,
+                "label_from": self.label_from, "samples_per_epoch": self.samples_per_epoch}
+
+
+def ratio_label(ratio: float | str) -> str:
+    return SYNTHETIC_ONLY if ratio == SYNTHETIC_ONLY else f"{float(ratio):g}"
+
+
+def check_leakage(manifest, generator_case_ids: set[str], allow: bool) -> None:  # noqa: ANN001
+    """Refuse a generator trained on any validation or test case (its synthetic arm saw the scoring data)."""
+    held_out = {c.case_id for c in manifest.records if c.split in ("val", "test")}
+    leaked = sorted(held_out & generator_case_ids)
+    if leaked and not allow:
+        raise InputError(f"the generator was trained on {len(leaked)} validation/test case(s), e.g. {leaked[0]}",
+                         where="--synthetic", fix="train the generator on the train split only, "
+                                                  "or pass --allow-leakage to accept the bias")
+
+
+class VolumeStore:
+    """Preprocessed volumes by path, loaded once per process (the sweep trains many models on the same files)."""
+
+    def __init__(self, data: DataConfig) -> None:
+        from synthaug.data.transforms import preprocessing_transforms
+
+        self.preprocess = preprocessing_transforms(data)
+        self.volumes: dict[str, torch.Tensor] = {}
+
+    def __call__(self, item: dict) -> dict:
+        path = str(item["image"])
+        if path not in self.volumes:
+            loaded = self.preprocess({"image": path})["image"]
+            self.volumes[path] = torch.as_tensor(loaded).float().contiguous()
+        return {"image": self.volumes[path], "label": int(item["label"])}
+
+
+def _open_synthetic(synthetic: str | os.PathLike[str]):  # noqa: ANN202
+    """A cache folder, or a bundle folder (its default generator, writing through to ``<out>/cache``)."""
+    from synthaug.mix.cache import SyntheticCache
+
+    path = Path(synthetic)
+    if (path / "cache.json").is_file():
+        return SyntheticCache(path)
+    if (path / "fingerprint").is_file():
+        from synthaug.generate import CCELLAGenerator
+
+        return CCELLAGenerator.from_bundle(path)
+    raise InputError("neither a synthetic cache (cache.json) nor a bundle (fingerprint)", where=str(path),
+                     fix="pass a folder made by `synthaug pregenerate` or `synthaug train`")
+
+
+def _storage(url: str):  # noqa: ANN202 - optuna RDBStorage
+    """The RDB storage at ``url`` with heartbeats: a trial whose worker died is failed and retried once."""
+    import time
+    import warnings
+
+    import optuna
+    from optuna.storages import RDBStorage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+            retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        else:
+            retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, heartbeat_interval=30, grace_period=120, **retry)
+            except Exception as exc:  # SQLAlchemy/driver errors: bad URL, server down, missing driver
+                if "already exists" in str(exc) and attempt < 4:  # another worker is creating the tables
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise InputError(f"cannot open the study storage ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:120]})", where=url.split("@")[-1],
+                                 fix="check the URL, that the server runs, and its Python driver") from exc
+    raise AssertionError("unreachable")
+
+
+def open_study(settings: SweepSettings, out: Path):  # noqa: ANN201 - optuna.Study
+    """Create or load the study; refuses an unreachable storage or an existing study with another space."""
+
+    import optuna
+
+    url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    storage = _storage(url)
+    if settings.search == "grid":
+        grid = {"ratio": [ratio_label(r) for r in settings.ratios]}
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(grid, seed=0)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=0)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=settings.epochs)  # after seed 0
+    study = optuna.create_study(storage=storage, study_name=settings.study_name, direction="maximize",
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    space = study.user_attrs.get("space")
+    if space is None:
+        study.set_user_attr("space", settings.space())
+    elif space != settings.space():
+        changed = sorted(k for k in {*space, *settings.space()} if space.get(k) != settings.space().get(k))
+        raise InputError(f"study {settings.study_name!r} exists with another search space ({', '.join(changed)})",
+                         where=url.split("@")[-1], fix="use the same settings, or another --study-name")
+    return study
+
+
+@dataclass
+class SweepData:
+    """Everything one process needs to run trials."""
+
+    manifest: Any
+    real_train: list[dict]
+    val: Any
+    test: Any
+    synthetic: Any  # SyntheticCache or CCELLAGenerator
+    load: VolumeStore
+    cache_dir: Path
+
+
+def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str], out: Path,
+            settings: SweepSettings, data: DataConfig | None = None) -> SweepData:
+    """Load the manifest and the synthetic source; check splits, leakage and shapes.
+
+    ``data`` None preprocesses the real volumes as the generator's own data settings say.
+    """
+    from synthaug.data.manifest import load_manifest
+    from synthaug.mix.cache import SyntheticCache
+
+    manifest = load_manifest(manifest_path)
+    for split in ("train", "val", "test"):
+        if not manifest.split(split):
+            raise InputError(f"the manifest has no {split!r} cases", where=str(manifest_path),
+                             fix="the sweep trains on train, selects on val and scores on test: mark all three")
+    source = _open_synthetic(synthetic)
+    if isinstance(source, SyntheticCache):
+        case_ids, own = source.train_case_ids, source.data_config()
+        shape = source.meta["shape"][1:]
+    else:
+        case_ids, own = source.bundle.train_case_ids, source.bundle.config.data
+        shape = list(source.image_shape)
+    data = data or own
+    check_leakage(manifest, case_ids, settings.allow_leakage)
+    if list(shape) != list(data.image_shape):
+        raise InputError(f"synthetic volumes are {shape}, the classifier's input {list(data.image_shape)}",
+                         where=str(synthetic), fix="use the data settings the generator was trained with "
+                                                   "(--preset/--set data.image_shape=...)")
+    load = VolumeStore(data)
+    from monai.data import Dataset
+
+    return SweepData(manifest, manifest.items("train"), Dataset(manifest.items("val"), transform=load),
+                     Dataset(manifest.items("test"), transform=load), source, load, out / "cache")
+
+
+def _fit_config(settings: SweepSettings, seed: int, lr: float, epochs: int, n_real: int):  # noqa: ANN202
+    from classifiers import FitConfig
+
+    per_epoch = 2 * n_real if settings.samples_per_epoch is None else (settings.samples_per_epoch or None)
+    return FitConfig(epochs=epochs, batch_size=settings.batch_size, lr=lr, patience=settings.patience,
+                     metric=settings.metric, augment=settings.augment, seed=seed, device=settings.device,
+                     samples_per_epoch=per_epoch, **settings.extra)
+
+
+def objective_for(data: SweepData, settings: SweepSettings,
+                  progress: Callable[[str, int, int, dict], None] | None = None) -> Callable:
+    """The Optuna objective: mean best validation metric over the seeds of one ratio."""
+    import optuna
+
+    from classifiers import build_model, evaluate, fit
+    from synthaug.mix.dataset import SyntheticMixDataset
+
+    def objective(trial: optuna.Trial) -> float:
+        if settings.search == "grid":
+            label = trial.suggest_categorical("ratio", [ratio_label(r) for r in settings.ratios])
+        else:
+            label = ratio_label(trial.suggest_float("ratio", settings.ratio_min, settings.ratio_max, log=True))
+        _refuse_duplicate(trial, label)
+        lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True) if settings.tune_lr else settings.lr
+        epochs = trial.suggest_int("epochs", max(1, settings.epochs // 2), settings.epochs) \
+            if settings.tune_epochs else settings.epochs
+        trial.set_user_attr("ratio_label", label)
+        n_real = len(data.real_train)
+        values, tests = [], []
+        for seed in range(settings.seeds):
+            if label == SYNTHETIC_ONLY:
+                train = SyntheticMixDataset([], data.synthetic, num_synthetic=n_real, class_balance=settings.class_balance,
+                                            transform=data.load, seed=seed, cache_dir=data.cache_dir,
+                                            label_from=settings.label_from)
+            else:
+                train = SyntheticMixDataset(data.real_train, data.synthetic if float(label) > 0 else None,
+                                            ratio=float(label), class_balance=settings.class_balance,
+                                            transform=data.load, seed=seed, cache_dir=data.cache_dir,
+                                            label_from=settings.label_from)
+            model = build_model(settings.model, in_channels=1, num_classes=2, seed=seed)
+
+            def on_epoch(epoch: int, val: dict, seed: int = seed) -> None:
+                trial.report(float(val.get(settings.metric) or 0.0), seed * epochs + epoch)
+                if progress:
+                    progress(f"ratio {label}", seed * epochs + epoch + 1, settings.seeds * epochs, {})
+                if label != "0" and trial.should_prune():  # the real-only baseline always completes
+                    raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {epoch}")
+
+            config = _fit_config(settings, seed, lr, epochs, n_real)
+            result = fit(model, train, data.val, config, on_epoch=on_epoch, progress=False)
+            scored = evaluate(model, data.test, config, threshold=result.threshold)
+            values.append(result.best_metric if result.best_metric is not None else float("nan"))
+            tests.append({"seed": seed, "val": result.best_metric, "best_epoch": result.best_epoch,
+                          "threshold": result.threshold, "train_items": len(train),
+                          **{f"test_{k}": scored.metrics.get(k) for k in TEST_METRICS}})
+            trial.set_user_attr("seeds", tests)
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    return objective
+
+
+def _refuse_duplicate(trial, label: str) -> None:  # noqa: ANN001
+    """Several workers on one grid can draw the same point at once: the later one stops at once."""
+    import optuna
+
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number == trial.number or other.params.get("ratio") is None:
+            continue
+        same = ratio_label(other.params["ratio"]) == label
+        if same and other.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING) \
+                and other.number < trial.number and not other.user_attrs.get("duplicate"):
+            trial.set_user_attr("duplicate", True)
+            raise optuna.TrialPruned(f"ratio {label} is already done or running in trial {other.number}")
+
+
+def run_sweep(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str], out: str | os.PathLike[str],
+              settings: SweepSettings, data: DataConfig | None = None,
+              progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
+    """Run (or resume) the study, then write trials.csv, summary.json, ratio_vs_metric.png and report.md."""
+    import optuna
+
+    from synthaug.sweep_report import write_outputs
+
+    settings.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(manifest_path, synthetic, out, settings, data)
+    study = open_study(settings, out)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective = objective_for(prepared, settings, progress)
+    if settings.search == "grid":
+        todo = _grid_left(study, settings)
+        if todo:
+            study.optimize(objective, n_trials=todo)
+    else:
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        if done < settings.n_trials:
+            study.optimize(objective, n_trials=settings.n_trials - done)
+    (out / "settings.json").write_text(json.dumps({**asdict(settings), "ratios": [str(r) for r in settings.ratios]},
+                                                  indent=2, default=str) + "\n", encoding="utf-8")
+    return write_outputs(study, settings, out)
+
+
+def _grid_left(study, settings: SweepSettings) -> int:  # noqa: ANN001
+    """Grid points with no finished trial yet (complete, or pruned as bad: both count as done)."""
+    import optuna
+
+    done = {ratio_label(t.params["ratio"]) for t in study.trials if "ratio" in t.params and not
+            t.user_attrs.get("duplicate") and t.state in (optuna.trial.TrialState.COMPLETE,
+                                                          optuna.trial.TrialState.PRUNED)}
+    return len([r for r in settings.ratios if ratio_label(r) not in done])

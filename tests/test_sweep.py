@@ -1,0 +1,103 @@
+"""`synthaug sweep`: a small grid end to end, resume, two workers on one storage, statistics, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from synthaug.errors import InputError
+from synthaug.sweep_report import mean_ci, paired_difference
+from tests.test_cli import assert_one_line_error
+from tests.test_generate import in_process
+
+SHAPE = ["--set", "data.image_shape=[32,32,16]", "--set", "data.spacing=[3,3,6]"]
+FAST = ["--model", "tiny-cnn", "--epochs", "2", "--seeds", "2", "--batch-size", "4", *SHAPE]
+
+
+def complete_trials(out) -> Counter:
+    import optuna
+
+    study = optuna.load_study(study_name="synthaug-sweep", storage=f"sqlite:///{out / 'study.db'}")
+    return Counter(t.params["ratio"] for t in study.trials
+                   if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("duplicate"))
+
+
+def test_a_small_sweep_writes_every_output_and_resumes(small_phantom, small_cache, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", out, "--ratios", "0,1", *FAST]
+    done = in_process(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    for name in ("trials.csv", "summary.json", "ratio_vs_metric.png", "report.md", "study.db"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ratios"] == ["0", "1"] and summary["seeds"] == 2
+    assert [s["seed"] for s in summary["per_ratio"]["1"]["per_seed"]] == [0, 1]
+    assert summary["per_ratio"]["1"]["vs_real_only"]["auroc"]["seeds"] == [0, 1]
+    assert "result" in done.stdout.lower() and summary["verdict"] in (out / "report.md").read_text()
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2  # header + one row per (ratio, seed)
+    again = in_process(capsys, *args)
+    assert again.returncode == 0 and complete_trials(out) == Counter({"0": 1, "1": 1})  # nothing retrained
+
+
+def test_two_workers_on_one_storage_cover_the_grid_once(small_phantom, small_cache, tmp_path):
+    out = tmp_path / "shared"
+    out.mkdir()
+    command = [sys.executable, "-m", "synthaug", "sweep", "--data", str(small_phantom), "--synthetic",
+               str(small_cache), "--out", str(out), "--ratios", "0,0.5,1,synthetic-only", *FAST]
+    workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=600) == 0, w.stderr.read().decode()
+    assert complete_trials(out) == Counter({"0": 1, "0.5": 1, "1": 1, "synthetic-only": 1})
+
+
+def test_statistics_of_seeds():
+    assert mean_ci([0.6, 0.7, 0.8])["mean"] == pytest.approx(0.7)
+    ci = mean_ci([0.6, 0.7, 0.8])
+    assert ci["low"] < 0.7 < ci["high"]
+    assert mean_ci([0.5])["low"] is None and mean_ci([])["mean"] is None
+    diff = paired_difference({0: 0.8, 1: 0.9, 2: 0.85}, {0: 0.7, 1: 0.75, 2: 0.7})
+    assert diff["mean"] == pytest.approx(0.1333, abs=1e-3) and diff["p"] < 0.05 and diff["seeds"] == [0, 1, 2]
+
+
+def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, capsys):
+    base = ["sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", tmp_path / "o", *SHAPE]
+    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio -1.0"),
+                         (["--seeds", "0"], "seeds"), (["--ratios", "0,lots"], "'lots'"),
+                         (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage")):
+        assert_one_line_error(in_process(capsys, *base, *extra), match)
+    no_test = tmp_path / "no_test.jsonl"
+    no_test.write_text("".join(line + "\n" for line in small_phantom.read_text().splitlines()
+                               if '"split": "test"' not in line))
+    for name in ("images",):
+        os.symlink(small_phantom.parent / name, tmp_path / name)
+    done = in_process(capsys, "sweep", "--data", no_test, "--synthetic", small_cache, "--out", tmp_path / "o2", *SHAPE)
+    assert_one_line_error(done, "no 'test' cases")
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(small_cache, leaky)
+    meta = json.loads((leaky / "cache.json").read_text())
+    val_case = next(json.loads(line)["case_id"] for line in small_phantom.read_text().splitlines()
+                    if '"split": "val"' in line)
+    meta["train_case_ids"].append(val_case)
+    (leaky / "cache.json").write_text(json.dumps(meta))
+    base_leaky = ["sweep", "--data", small_phantom, "--synthetic", leaky, "--out", tmp_path / "o3", *FAST]
+    assert_one_line_error(in_process(capsys, *base_leaky, "--ratios", "0"), "validation/test case")
+    assert in_process(capsys, *base_leaky, "--ratios", "0", "--allow-leakage").returncode == 0
+
+    changed = in_process(capsys, *base_leaky, "--ratios", "0,1", "--allow-leakage")
+    assert_one_line_error(changed, "another search space")
+
+
+def test_settings_check_refuses_an_empty_grid():
+    from synthaug.sweep import SweepSettings
+
+    with pytest.raises(InputError, match="empty"):
+        SweepSettings(ratios=[]).check()

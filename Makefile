@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 # build for your platform (e.g. TORCH_SPEC="torch torchvision --index-url ...") or preinstall torch.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-all clean
@@ -20,8 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/synthaug phantom --out $(DEMO_OUT)/phantom --n 200 --seed 0 --overwrite
-	$(VENV)/bin/synthaug data check $(DEMO_OUT)/phantom/manifest.jsonl
+	$(VENV)/bin/synthaug demo --out $(DEMO_OUT) $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

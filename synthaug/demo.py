@@ -1,0 +1,159 @@
+"""``synthaug demo``: the whole method on the embedded phantom, on a CPU, with an honest report at the end.
+
+    run_demo("demo_out")              # ~10 minutes on 2 cores
+    run_demo("demo_out", quick=True)  # ~2 minutes: fewer cases, steps and seeds; the same stages
+
+Stages: phantom -> train (tiny preset, the train split only) -> pregenerate a class-balanced cache ->
+evaluate quality -> sweep the ratio -> report.md / report.html. Each stage records a key of its
+settings (and of the stages before it) in ``demo_state.json``; a re-run reuses every finished stage
+whose key is unchanged, unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from synthaug.data.io import atomic_write_text
+
+Progress = Callable[[str, int, int, dict], None]
+STATE_FILE = "demo_state.json"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Sizes of every stage. The defaults are the full demo; ``QUICK`` shrinks them."""
+
+    n_cases: int = 160
+    image_shape: tuple[int, int, int] = (64, 64, 32)
+    autoencoder_steps: int = 150
+    ldm_steps: int = 800
+    synthetic: int = 200  # cache size, half per class
+    sampler: str = "dpm++"
+    sampler_steps: int = 20
+    evaluate_max: int = 64
+    fidelity_epochs: int = 8
+    ratios: tuple = (0.0, 0.5, 1.0, 2.0, "synthetic-only")
+    seeds: int = 3
+    model: str = "tiny-cnn"
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 1e-3
+    extra_train: tuple[str, ...] = field(default_factory=tuple)
+
+    def train_overrides(self) -> list[str]:
+        shape = list(self.image_shape)
+        return [f"data.image_shape={shape}", f"phantom.n_cases={self.n_cases}",
+                f"autoencoder.steps={self.autoencoder_steps}", f"train.steps={self.ldm_steps}",
+                f"train.checkpoint_every={max(self.ldm_steps, 1)}", *self.extra_train]
+
+    def choices(self) -> list[str]:
+        """The decisions a reader needs to judge the numbers, in words."""
+        return [
+            f"Phantom: {self.n_cases} cases at {self.image_shape[0]}x{self.image_shape[1]}x{self.image_shape[2]} "
+            "voxels (60/20/20 train/val/test, label-stratified); the generator sees the train split only.",
+            f"Generator: tiny preset, VAE {self.autoencoder_steps} steps, LDM {self.ldm_steps} steps (the paper "
+            "trains for days on GPUs; this is a few minutes on a CPU, so expect blurry volumes).",
+            f"Cache: {self.synthetic} volumes, half per class, {self.sampler} with {self.sampler_steps} steps, "
+            "reports drawn from the training reports of the requested class.",
+            f"Classifier: {self.model} (the paper's EfficientNet-B0 costs ~1 s per step of 8 volumes here), "
+            f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}, focal loss, MONAI augmentation; "
+            f"selected on validation AUROC; {self.seeds} seeds per ratio.",
+        ]
+
+
+QUICK = DemoPlan(n_cases=60, image_shape=(32, 32, 16), autoencoder_steps=20, ldm_steps=80, synthetic=48,
+                 sampler_steps=10, evaluate_max=24, fidelity_epochs=3, seeds=2, epochs=4,
+                 extra_train=("data.spacing=[3.0, 3.0, 6.0]",))
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Stages:
+    """Runs the stages in order, skipping those whose key and outputs are unchanged."""
+
+    def __init__(self, out: Path, force: bool, log: Callable[[str], None]) -> None:
+        self.out, self.force, self.log = out, force, log
+        file = out / STATE_FILE
+        self.state: dict[str, Any] = json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+        self.previous = ""
+
+    def run(self, name: str, settings: Any, outputs: list[Path], work: Callable[[], Any]) -> None:
+        key = _key(self.previous, settings)
+        self.previous = key
+        done = self.state.get(name, {})
+        if not self.force and done.get("key") == key and all(p.exists() for p in outputs):
+            self.log(f"{name}: reused ({done.get('seconds', 0):.0f} s when it ran)")
+            done["reused"] = True
+            return
+        for p in outputs:  # a changed or forced stage starts clean
+            if p.is_dir():
+                shutil.rmtree(p)
+        started = time.perf_counter()
+        work()
+        self.state[name] = {"key": key, "seconds": round(time.perf_counter() - started, 1), "reused": False}
+        atomic_write_text(self.out / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
+        self.log(f"{name}: done in {self.state[name]['seconds']:.0f} s")
+
+
+def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progress: Progress | None = None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every stage into ``out``; returns the final summary (also in ``summary.json``)."""
+    from synthaug.config import load_config
+    from synthaug.data.phantom import write_phantom_dataset
+    from synthaug.evaluate import evaluate_synthetic
+    from synthaug.generate import CCELLAGenerator
+    from synthaug.ldm.train import train_generator
+    from synthaug.mix.cache import SyntheticCache
+    from synthaug.sweep import SweepSettings, run_sweep
+
+    plan = QUICK if quick else DemoPlan()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(preset="tiny", overrides=plan.train_overrides())
+    phantom, bundle, cache = out / "phantom", out / "bundle", out / "cache"
+    quality, sweep = out / "quality", out / "sweep"
+    manifest = phantom / "manifest.jsonl"
+    stages = _Stages(out, force, log)
+
+    stages.run("phantom", [cfg.data.model_dump(mode="json"), cfg.phantom.model_dump(mode="json")], [phantom],
+               lambda: write_phantom_dataset(phantom, cfg.data, cfg.phantom, overwrite=True))
+
+    def train() -> None:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        train_generator(manifest, bundle, cfg, work_dir=out / "bundle.work", overwrite=True, progress=progress)
+
+    stages.run("train", cfg.to_dict(), [bundle, out / "bundle.work"], train)
+
+    def pregenerate() -> None:
+        generator = CCELLAGenerator.from_bundle(bundle, sampler=plan.sampler, steps=plan.sampler_steps, batch_size=8)
+        report = (lambda done, total: progress("pregenerate", done, total, {})) if progress else None
+        SyntheticCache.create(cache, generator).pregenerate(generator, n=plan.synthetic, batch_size=8,
+                                                            progress=report)
+
+    stages.run("pregenerate", [plan.synthetic, plan.sampler, plan.sampler_steps], [cache], pregenerate)
+    stages.run("evaluate", [plan.evaluate_max, plan.fidelity_epochs], [quality],
+               lambda: evaluate_synthetic(manifest, cache, quality, split="test", fidelity_epochs=plan.fidelity_epochs,
+                                          max_synthetic=plan.evaluate_max, progress=progress))
+    settings = SweepSettings(ratios=plan.ratios, seeds=plan.seeds, model=plan.model, epochs=plan.epochs,
+                             batch_size=plan.batch_size, lr=plan.lr, patience=None, device="cpu")
+    stages.run("sweep", asdict(settings), [sweep],
+               lambda: run_sweep(manifest, cache, sweep, settings, progress=progress))
+
+    def report() -> None:
+        from synthaug.demo_report import write_demo_report
+
+        write_demo_report(out, plan, stages.state)
+
+    stages.run("report", [plan.choices(), time.time()], [out / "report.md", out / "report.html"], report)
+    return json.loads((sweep / "summary.json").read_text(encoding="utf-8"))

@@ -1,0 +1,70 @@
+"""`synthaug demo --quick` end to end, re-use of finished stages, and the README's MONAI-loop example."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from synthaug.demo_report import ratio_table
+from tests.test_generate import in_process
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> Path:
+    from synthaug.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_demo_writes_every_artefact(quick_demo):
+    for name in ("phantom/manifest.jsonl", "bundle/fingerprint", "cache/cache.json", "quality/metrics.json",
+                 "quality/montage_class1.png", "sweep/summary.json", "sweep/ratio_vs_metric.png", "report.md",
+                 "report.html", "demo_state.json"):
+        assert (quick_demo / name).is_file(), name
+    state = json.loads((quick_demo / "demo_state.json").read_text())
+    assert list(state) == ["phantom", "train", "pregenerate", "evaluate", "sweep", "report"]
+    cache_ids = json.loads((quick_demo / "cache" / "cache.json").read_text())["train_case_ids"]
+    held_out = [json.loads(line)["case_id"] for line in (quick_demo / "phantom" / "manifest.jsonl").read_text()
+                .splitlines() if '"split": "train"' not in line]
+    assert not set(cache_ids) & set(held_out)  # the generator never saw a validation or test case
+
+
+def test_report_table_matches_summary(quick_demo):
+    summary = json.loads((quick_demo / "sweep" / "summary.json").read_text())
+    assert summary["ratios"] == ["0", "0.5", "1", "2", "synthetic-only"]
+    header, rows = ratio_table(summary)
+    report = (quick_demo / "report.md").read_text()
+    for row in rows:
+        assert "| " + " | ".join(row) + " |" in report
+    auroc = summary["per_ratio"]["1"]["test"]["auroc"]["mean"]
+    assert f"{auroc:.3f}" in rows[2][2]
+    assert summary["verdict"] in report and summary["verdict"] in (quick_demo / "report.html").read_text()
+
+
+def test_rerun_reuses_finished_stages(quick_demo, capsys):
+    done = in_process(capsys, "demo", "--quick", "--out", quick_demo)
+    assert done.returncode == 0, done.stderr
+    state = json.loads((quick_demo / "demo_state.json").read_text())
+    assert all(state[s]["reused"] for s in ("phantom", "train", "pregenerate", "evaluate", "sweep"))
+    assert "reused" in done.stdout
+
+
+def test_readme_monai_loop_example_runs(small_phantom, small_cache, tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- example: monai-loop -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "demo_out").mkdir()
+    (tmp_path / "demo_out" / "phantom").symlink_to(small_phantom.parent)
+    (tmp_path / "demo_out" / "cache").symlink_to(small_cache)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    batch = namespace["batch"]
+    assert batch["image"].shape[1:] == (1, 32, 32, 16) and len(namespace["train_ds"]) == 2 * len(
+        namespace["train_items"])

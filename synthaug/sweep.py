@@ -27,7 +27,7 @@ from synthaug.errors import InputError
 
 SYNTHETIC_ONLY = "synthetic-only"
 DEFAULT_GRID: tuple[float | str, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, SYNTHETIC_ONLY)
-TEST_METRICS = ("auroc", "balanced_accuracy", "accuracy", "average_precision", "sensitivity", "specificity")
+TEST_METRICS = ("auroc", "balanced_accuracy", "accuracy", "ap", "sensitivity", "specificity")
 
 
 @dataclass

@@ -60,6 +60,26 @@ def test_the_same_plan_makes_the_same_volumes_anywhere(generator, tmp_path):
         assert a.rows()[row_id]["report"] == c.rows()[row_id]["report"]
 
 
+def test_shards_and_restarts_make_the_same_bytes_as_one_process(generator, tmp_path):
+    whole = SyntheticCache.create(tmp_path / "whole", generator)
+    whole.pregenerate(generator, n=8, batch_size=2)
+    sharded = SyntheticCache.create(tmp_path / "sharded", generator)
+    for i in (1, 0):  # any order
+        sharded.pregenerate(generator, n=8, batch_size=2, shard=(i, 2))
+    restarted = SyntheticCache.create(tmp_path / "restarted", generator)
+
+    def stop_after_a_batch(done: int, total: int) -> None:
+        if done >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        restarted.pregenerate(generator, n=8, batch_size=2, progress=stop_after_a_batch)
+    assert len(restarted.rows(refresh=True)) == 2
+    restarted.pregenerate(generator, n=8, batch_size=2)
+    digests = [{k: r["sha256"] for k, r in c.rows(refresh=True).items()} for c in (whole, sharded, restarted)]
+    assert len(digests[0]) == 8 and digests[0] == digests[1] == digests[2]
+
+
 def test_two_processes_on_two_shards_make_one_valid_cache(small_bundle, tmp_path):
     out = tmp_path / "shared"
     command = [sys.executable, "-m", "synthaug", "pregenerate", "--bundle", str(small_bundle), "--out", str(out),

@@ -242,8 +242,8 @@ class SyntheticCache:
             self._rows, self._read_size = rows, size
         return self._rows
 
-    def _append(self, rows: Sequence[dict[str, Any]]) -> int:
-        """Append rows whose id is not in the manifest yet, under the lock; returns how many were new."""
+    def _append(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """Append rows whose id is not in the manifest yet, under the lock; returns the new ids."""
         file = self.path / MANIFEST_FILE
         with self._lock_for(self.path):
             present = self.rows(refresh=True)
@@ -258,7 +258,7 @@ class SyntheticCache:
                     handle.flush()
                     os.fsync(handle.fileno())
             self.rows(refresh=True)
-        return len(new)
+        return [r["id"] for r in new]
 
     def __len__(self) -> int:
         return len(self.rows())
@@ -281,40 +281,48 @@ class SyntheticCache:
 
     # ------------------------------------------------------------ pregeneration
 
-    def plan(self, counts: Mapping[int, int], shard: tuple[int, int] = (0, 1)) -> list[tuple[int, int]]:
-        """The (label, index) pairs of ``counts`` that fall in ``shard`` = (i, n_shards)."""
+    def plan(self, counts: Mapping[int, int], batch_size: int = 8,
+             shard: tuple[int, int] = (0, 1)) -> list[list[tuple[int, int]]]:
+        """The batches of (label, index) pairs of ``counts`` that belong to ``shard`` = (i, n_shards).
+
+        Batches are cut from the whole plan first and then dealt to shards, so every batch has the same
+        members however many shards or restarts there are: with one batch size, the volumes come out
+        byte-identical whether one process or many made them.
+        """
         i, n = shard
         if not (isinstance(n, int) and isinstance(i, int) and n >= 1 and 0 <= i < n):
             raise InputError(f"shard {i}/{n} is not valid", where="shard", fix="use i/n with 0 <= i < n, e.g. 0/4")
-        return _interleave(counts)[i::n]
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}", where="batch_size", fix="use 1 or more")
+        pairs = _interleave(counts)
+        return [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)][i::n]
 
     def pregenerate(self, generator, n: int | None = None, *, class_balance: str | Mapping[int, float] = "equal",  # noqa: ANN001
                     counts: Mapping[int, int] | None = None, shard: tuple[int, int] = (0, 1), batch_size: int = 8,
                     progress: Callable[[int, int], None] | None = None, allow_foreign: bool = False) -> int:
         """Make the volumes of ``n`` (split by ``class_balance``) or ``counts`` that the cache lacks; returns how many.
 
-        Resumable and shardable: the volumes wanted are fixed by (counts, shard), and those already in the
-        manifest are skipped, so re-running after a kill, or running shards in parallel, only fills gaps.
+        Resumable and shardable: the batches wanted are fixed by (counts, batch size, shard); a batch with
+        any volume missing from the manifest is made again whole (its other volumes come out identical and
+        are not recorded twice), so a re-run after a kill, or shards running in parallel, only fill gaps.
         """
         self.check_generator(generator, allow_foreign=allow_foreign)
-        if batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {batch_size}", where="batch_size", fix="use 1 or more")
-        wanted = self.plan(counts if counts is not None else class_counts(n or 0, class_balance), shard)
+        batches = self.plan(counts if counts is not None else class_counts(n or 0, class_balance), batch_size, shard)
         present = self.rows(refresh=True)
-        todo = [(c, j) for c, j in wanted if volume_id(c, j) not in present]
-        done = 0
+        todo = [b for b in batches if any(volume_id(c, j) not in present for c, j in b)]
+        total = sum(len(b) for b in todo)
+        done = made = 0
         if progress:
-            progress(0, len(todo))
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            self.make(generator, batch)
+            progress(0, total)
+        for batch in todo:
+            made += len(self.make(generator, batch))
             done += len(batch)
             if progress:
-                progress(done, len(todo))
-        return len(todo)
+                progress(done, total)
+        return made
 
     def make(self, generator, pairs: Sequence[tuple[int, int]]) -> list[str]:  # noqa: ANN001
-        """Generate, write (atomically) and record the volumes ``(label, index)``; returns their ids."""
+        """Generate, write (atomically) and record the volumes ``(label, index)``; returns the ids newly recorded."""
         from synthaug.generate import write_volume
 
         if not pairs:
@@ -323,9 +331,12 @@ class SyntheticCache:
         seeds = [volume_seed(self.meta["seed"], c, j) for c, j in pairs]
         out = generator.generate(labels, seeds=seeds)
         suffix = FILE_FORMATS[self.meta["file_format"]]
+        present = self.rows(refresh=True)
         rows = []
         for (label, index), volume, record in zip(pairs, out.volumes, out.provenance):
             row_id = volume_id(label, index)
+            if row_id in present:  # made with its batch again: the recorded file stays as it is
+                continue
             relative = f"{VOLUMES_DIR}/{row_id}{suffix}"
             write_volume(volume, out.affine, self.path / relative)
             rows.append({
@@ -334,8 +345,7 @@ class SyntheticCache:
                 "report_source": record["report_source"], "seed": record["seed"], "file": relative,
                 "sha256": file_sha256(self.path / relative),
             })
-        self._append(rows)
-        return [r["id"] for r in rows]
+        return self._append(rows)
 
     # ------------------------------------------------------------ checks
 

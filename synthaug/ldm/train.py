@@ -441,7 +441,9 @@ def train_generator(
     encoder, text, null = prepare_text(cfg, reports, work, progress)
     labels = torch.tensor([c.label for c in cases])
 
-    run_key = _hash(key, ae_hash, encoder.fingerprint, cfg.to_dict())
+    # Only what shapes the LDM's training: the phantom and sampling sections can change and a checkpoint still resumes.
+    run_key = _hash(key, ae_hash, encoder.fingerprint,
+                    {k: v for k, v in cfg.to_dict().items() if k not in ("phantom", "sample", "preset")})
     trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work)
     if resume:
         trainer.restore()

@@ -101,3 +101,13 @@ def test_settings_check_refuses_an_empty_grid():
 
     with pytest.raises(InputError, match="empty"):
         SweepSettings(ratios=[]).check()
+
+
+def test_tpe_search_on_a_log_range(small_phantom, small_cache, tmp_path, capsys):
+    out = tmp_path / "tpe"
+    done = in_process(capsys, "sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", out,
+                      "--search", "tpe", "--ratio-range", "0.2:2", "--trials", "2", *FAST[:-4], "--seeds", "1", *SHAPE)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["ratios"]) == 2 and all(0.2 <= float(r) <= 2 for r in summary["ratios"])
+    assert "real-only (ratio 0) was not run" in summary["verdict"]

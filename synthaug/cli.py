@@ -231,15 +231,26 @@ def _class_balance(text: str):  # noqa: ANN202 - str or {label: weight}
     return weights
 
 
+def _torchrun_shard() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) when started by torchrun with more than one process, else None."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
 def cmd_pregenerate(args: argparse.Namespace) -> int:
+    import os
 
     from synthaug.errors import InputError
     from synthaug.generate import CCELLAGenerator
     from synthaug.mix.cache import SyntheticCache, class_counts
     from synthaug.report import progress_bar
 
-    shard = _shard(args.shard)
+    shard = _shard(args.shard) if args.shard or not _torchrun_shard() else _torchrun_shard()  # type: ignore[assignment]
     balance = _class_balance(args.class_balance)
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}", where="--n", fix="ask for at least one volume")
     counts = class_counts(args.n, balance)
@@ -472,9 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pregenerate", help="fill a synthetic cache from a bundle (resumable, shardable)")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
     p.add_argument("--out", type=Path, required=True, help="cache folder (created, or resumed)")
-    p.add_argument("--n", type=int, required=True, help="volumes in the cache when every shard is done")
+    p.add_argument("--n", "--volumes", dest="n", type=int, required=True,
+                   help="volumes in the cache when every shard is done (under torchrun write --volumes: torchrun "
+                        "reads --n as one of its own options)")
     p.add_argument("--class-balance", default="equal", help="equal (default) or weights, e.g. 0:1,1:2")
-    p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder)")
+    p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder); "
+                                   "under torchrun the default is RANK/WORLD_SIZE")
     p.add_argument("--batch-size", type=int, help="volumes per batch (default: the bundle's, 4)")
     p.add_argument("--format", choices=["nifti-gz", "nifti"], default="nifti-gz",
                    help="nifti-gz (default, smaller) or nifti (uncompressed, faster to load)")

@@ -172,3 +172,18 @@ def test_bad_input_is_one_clear_error(small_bundle, small_cache, tmp_path):
         done = synthaug("pregenerate", "--bundle", small_bundle, "--out", tmp_path / "x", "--n", "2", *args)
         assert_one_line_error(done, match)
     assert not (tmp_path / "x").exists()
+
+
+def test_torchrun_ranks_fill_one_cache_like_a_single_process(small_bundle, generator, tmp_path):
+    """`torchrun --nproc_per_node 2 -m synthaug pregenerate`: each rank takes its shard; same bytes as one process."""
+    out = tmp_path / "ranks"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "synthaug", "pregenerate", "--bundle", str(small_bundle), "--out", str(out), "--volumes", "8",
+               "--batch-size", "2", *FAST]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = SyntheticCache.create(tmp_path / "single", generator)
+    single.pregenerate(generator, n=8, batch_size=2)
+    ranks = SyntheticCache(out)
+    assert {k: r["sha256"] for k, r in ranks.rows().items()} == {k: r["sha256"] for k, r in single.rows().items()}

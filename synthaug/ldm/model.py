@@ -64,13 +64,16 @@ def joint_loss(
     labels: torch.Tensor,
     text_isnull: torch.Tensor,
     cfg: LossConfig,
+    focal_denominator: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L1(noise_pred, target) + focal_weight * focal(class_logits, labels) over the cases that have a report.
 
     The focal term is MONAI ``FocalLoss(use_softmax=True)`` (a 2-logit softmax classifier, one-hot
     target, scalar alpha weighting class 1 by alpha and class 0 by 1 - alpha) with its ``mean``
     reduction, i.e. the mean over classes per case, averaged over the cases whose report is not empty
-    (``text_isnull`` False); exactly 0 when every report is empty.
+    (``text_isnull`` False); exactly 0 when every report is empty. ``focal_denominator`` replaces the
+    local count of such cases (data-parallel training passes the global count / world size, so that the
+    averaged gradients equal those of one process on the whole batch).
     """
     l1 = F.l1_loss(noise_pred.float(), target.float())
     focal_fn = FocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha, use_softmax=True, reduction="none")
@@ -79,7 +82,8 @@ def joint_loss(
         onehot = onehot * REFERENCE_FOCAL_SCALE
     per_case = focal_fn(class_logits.float(), onehot).mean(dim=1)  # (B,)
     keep = ~text_isnull.to(device=per_case.device, dtype=torch.bool)
-    focal = torch.where(keep, per_case, torch.zeros_like(per_case)).sum() / keep.sum().clamp(min=1)
+    denominator = keep.sum().clamp(min=1) if focal_denominator is None else focal_denominator.to(per_case)
+    focal = torch.where(keep, per_case, torch.zeros_like(per_case)).sum() / denominator
     loss = l1 + cfg.focal_weight * focal
     values = torch.stack([loss, l1, focal, keep.sum().to(loss.dtype)]).detach().tolist()  # one device sync
     return loss, dict(zip(("loss", "l1", "focal", "focal_cases"), values))

@@ -15,6 +15,7 @@ Stages (each cached in the work folder, so a re-run or ``resume=True`` repeats n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ from synthaug import __version__
 from synthaug.config import SynthaugConfig
 from synthaug.data.io import atomic_write_text, file_sha256, read_volume
 from synthaug.data.manifest import CaseRecord, Manifest, load_manifest
+from synthaug.distributed import Dist
 from synthaug.errors import ConfigError, InputError, SynthaugError
 from synthaug.ldm import checkpoint as ckpt
 from synthaug.ldm.autoencoder import (
@@ -239,9 +241,13 @@ class LDMTrainer:
     """The LDM optimisation loop on cached latents and text features, with exact checkpoint/resume."""
 
     def __init__(self, cfg: SynthaugConfig, latents: torch.Tensor, labels: torch.Tensor, text, null,  # noqa: ANN001
-                 device: torch.device, run_key: str, work: Path) -> None:
+                 device: torch.device, run_key: str, work: Path, dist: Dist | None = None) -> None:
         self.cfg = cfg
         self.device = device
+        self.dist = dist or Dist()
+        if cfg.train.batch_size % self.dist.world:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not split over {self.dist.world} processes",
+                              where="train.batch_size", fix=f"use a multiple of {self.dist.world} (the global batch)")
         self.latents, self.labels = latents, labels  # (N, C, d, h, w) scaled, (N,)
         self.text, self.null = text, null
         self.run_key = run_key
@@ -249,6 +255,10 @@ class LDMTrainer:
         self.log_file = work / "ldm_log.jsonl"
         torch.manual_seed(cfg.train.seed)  # parameter init; every later draw uses self.generator
         self.model = CCELLALDM.from_config(cfg, text_dim=text.features.shape[-1]).to(device)
+        # Under torchrun each rank computes its share of the global batch; DDP averages the gradients.
+        self.forward = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if
+                                                                  device.type == "cuda" else None)
+                        if self.dist.active else self.model)
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
                     if cfg.train.ema_decay > 0 else None)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg), lr=cfg.train.lr,
@@ -295,9 +305,12 @@ class LDMTrainer:
         return groups
 
     def save(self) -> None:
-        groups = self.state()
-        meta = {"optimizer": self._opt_rest, "lr_schedule": self.lr_schedule.state_dict()}
-        ckpt.save_checkpoint(self.checkpoints, self.step, groups, meta, self.run_key)
+        """Rank 0 writes the checkpoint (every rank holds the same state); the others wait for it."""
+        if self.dist.is_main:
+            groups = self.state()
+            meta = {"optimizer": self._opt_rest, "lr_schedule": self.lr_schedule.state_dict()}
+            ckpt.save_checkpoint(self.checkpoints, self.step, groups, meta, self.run_key)
+        self.dist.barrier()
 
     def restore(self) -> None:
         step, groups, meta = ckpt.load_checkpoint(self.checkpoints, self.run_key)
@@ -320,12 +333,19 @@ class LDMTrainer:
         text, mask, isnull = (self.text.features[idx].float(), self.text.mask[idx], self.text.isnull[idx])
         text, mask, isnull = text_dropout(text, mask, isnull, self.null.features[0], self.null.mask[0],
                                           cfg.loss.text_dropout, generator=g)
+        labels = self.labels[idx]
+        focal_denominator = None
+        if self.dist.active:  # every draw above is for the global batch (the same on every rank); keep our share
+            focal_denominator = isnull.logical_not().sum().clamp(min=1).float() / self.dist.world
+            part = self.dist.local_slice(len(idx))
+            x_t, t, target, text, mask, isnull, labels = (v[part] for v in (x_t, t, target, text, mask, isnull, labels))
         dev = self.device
         self.model.train()
         with torch.autocast(dev.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            pred, logits = self.model(x_t.to(dev), t.to(dev), text.to(dev), mask.to(dev),
-                                      self.spacing.expand(len(idx), 3).to(dev))
-            loss, logs = joint_loss(pred, target.to(dev), logits, self.labels[idx].to(dev), isnull.to(dev), cfg.loss)
+            pred, logits = self.forward(x_t.to(dev), t.to(dev), text.to(dev), mask.to(dev),
+                                        self.spacing.expand(len(t), 3).to(dev))
+            loss, logs = joint_loss(pred, target.to(dev), logits, labels.to(dev), isnull.to(dev), cfg.loss,
+                                    focal_denominator=focal_denominator)
         if not math.isfinite(logs["loss"]):
             raise SynthaugError(f"LDM loss is not finite at step {self.step + 1}", where="LDM training",
                                 fix="lower train.lr or use train.precision fp32")
@@ -345,34 +365,45 @@ class LDMTrainer:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
+        if self.dist.active:  # the log shows the global batch's losses
+            keys = ("loss", "l1", "focal")
+            averaged = self.dist.all_mean(torch.tensor([logs[k] for k in keys], dtype=torch.float64)).tolist()
+            logs.update(zip(keys, averaged))
         return {**logs, "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def run(self, progress: Progress | None = None) -> list[dict]:
-        """Train up to ``cfg.train.steps``, checkpointing every ``checkpoint_every`` steps and on a stop signal."""
-        cfg = self.cfg.train
+        """Train up to ``cfg.train.steps``, checkpointing every ``checkpoint_every`` steps and on a stop signal.
+
+        Under torchrun rank 0 logs, probes and reports progress; every rank stops at the same step.
+        """
+        cfg, main = self.cfg.train, self.dist.is_main
         history: list[dict] = []
         started = time.perf_counter()
         first = self.step
-        with _stop_signals() as flag, open(self.log_file, "a", encoding="utf-8") as log:
-            if self.step == 0:
+        log_file = open(self.log_file, "a", encoding="utf-8") if main else contextlib.nullcontext()  # noqa: SIM115
+        with _stop_signals() as flag, log_file as log:
+            if self.step == 0 and main:
                 log.write(json.dumps({"step": 0, "probe_l1": self.probe_loss()}) + "\n")
             while self.step < cfg.steps:
                 logs = self.train_step()
                 logs["step"] = self.step
                 logs["it_s"] = (self.step - first) / max(time.perf_counter() - started, 1e-9)
                 history.append(logs)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     logs["probe_l1"] = self.probe_loss()
                     log.write(json.dumps(logs) + "\n")
                     log.flush()
-                if progress:
+                if progress and main:
                     progress("ldm", self.step, cfg.steps, logs)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.save()
-                if flag["stop"]:
+                stop = flag["stop"]
+                if self.dist.active:  # a signal may reach the ranks at different steps: stop together
+                    stop = flag["stop"] or ("SIGTERM" if self.dist.all_sum(torch.tensor(float(bool(stop)))) else None)
+                if stop:
                     self.save()
                     raise TrainingInterrupted(
-                        f"stopped by {flag['stop']} at step {self.step}; checkpoint saved",
+                        f"stopped by {stop} at step {self.step}; checkpoint saved",
                         where=str(self.checkpoints), fix="run the same command with --resume to continue")
         return history
 
@@ -408,7 +439,9 @@ def train_generator(
     started = time.perf_counter()
     out = Path(out)
     work = Path(work_dir) if work_dir is not None else out.with_name(out.name + ".work")
-    device = torch.device(device)
+    dist = Dist.from_env(device)  # torchrun: data-parallel LDM training; rank 0 builds caches and writes
+    device = dist.device(device)
+    progress = progress if dist.is_main else None
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError("bundle folder exists and is not empty", where=str(out),
                          fix="choose another --out or pass --overwrite")
@@ -428,26 +461,32 @@ def train_generator(
     if ckpt.has_checkpoint(checkpoints) and not (resume or overwrite):
         raise InputError("an earlier training run left checkpoints here", where=str(checkpoints),
                          fix="pass --resume to continue it or --overwrite to start again")
-    if overwrite and not resume:
+    if overwrite and not resume and dist.is_main:
         ckpt.clear_checkpoints(checkpoints)
 
-    volumes = load_volumes(manifest, cases, cfg, progress)
-    vae, ae_hash = prepare_autoencoder(cfg, volumes, work, key, autoencoder=autoencoder, device=device,
-                                       progress=progress)
-    latents = prepare_latents(vae, volumes, work, ae_hash, cfg, device)
+    with dist.main_first():  # the VAE, latents and text features are made once, by rank 0, and cached in work
+        volumes = load_volumes(manifest, cases, cfg, progress)
+        vae, ae_hash = prepare_autoencoder(cfg, volumes, work, key, autoencoder=autoencoder, device=device,
+                                           progress=progress)
+        latents = prepare_latents(vae, volumes, work, ae_hash, cfg, device)
+        del volumes
+        reports = [c.report for c in cases]
+        encoder, text, null = prepare_text(cfg, reports, work, progress)
     scale = scale_factor(latents)
-    del volumes
-    reports = [c.report for c in cases]
-    encoder, text, null = prepare_text(cfg, reports, work, progress)
     labels = torch.tensor([c.label for c in cases])
 
     # Only what shapes the LDM's training: the phantom and sampling sections can change and a checkpoint still resumes.
     run_key = _hash(key, ae_hash, encoder.fingerprint,
                     {k: v for k, v in cfg.to_dict().items() if k not in ("phantom", "sample", "preset")})
-    trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work)
+    trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work, dist)
     if resume:
         trainer.restore()
     history = trainer.run(progress)
+    if not dist.is_main:  # rank 0 writes the bundle; the others return what it wrote
+        dist.barrier()
+        return TrainResult(bundle=out, fingerprint=(work / "bundle_fingerprint").read_text().strip(),
+                           steps=trainer.step, seconds=time.perf_counter() - started,
+                           final_loss=float(history[-1]["loss"]) if history else float("nan"))
 
     info = {
         "scale_factor": scale,
@@ -467,6 +506,7 @@ def train_generator(
     fingerprint = save_bundle(out, cfg, vae, trainer.model, ema_model, info, train_cases, overwrite=overwrite)
     atomic_write_text(work / "bundle_fingerprint", fingerprint + "\n")
     ckpt.clear_checkpoints(checkpoints)  # training is complete; caches stay for re-use
+    dist.barrier()
     return TrainResult(bundle=out, fingerprint=fingerprint, steps=trainer.step,
                        seconds=time.perf_counter() - started,
                        final_loss=float(history[-1]["loss"]) if history else float("nan"))

@@ -1,0 +1,82 @@
+"""torch.distributed for ``torchrun``: who this process is, and the few collective steps training needs.
+
+    dist = Dist.from_env("cpu")      # gloo on CPU, NCCL on CUDA; a plain run is rank 0 of 1
+    with dist.main_first():          # rank 0 builds the caches, the others then read them
+        ...
+    dist.all_mean(values)            # losses for the log, averaged over ranks
+
+No scheduler of our own: ``torchrun`` starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (rank 0 of 1 when not started by torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device: str | torch.device = "cpu") -> Dist:
+        """Join the process group torchrun describes in the environment (once), or stand alone."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not torch_dist.is_initialized():
+            backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+            torch_dist.init_process_group(backend=backend)
+        return cls(rank=torch_dist.get_rank(), world=torch_dist.get_world_size(),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str | torch.device) -> torch.device:
+        """``cuda`` becomes this process's own GPU (``cuda:LOCAL_RANK``); other devices stay as they are."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None and self.active:
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def barrier(self) -> None:
+        if self.active:
+            torch_dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (writing shared caches); the others run it after, finding them."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def all_sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            value = value.clone()
+            torch_dist.all_reduce(value)
+        return value
+
+    def all_mean(self, value: torch.Tensor) -> torch.Tensor:
+        return self.all_sum(value) / self.world
+
+    def local_slice(self, n: int) -> slice:
+        """This rank's contiguous share of a global batch of ``n`` (``n`` must divide evenly)."""
+        per = n // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)

@@ -29,6 +29,7 @@ from monai.transforms import Compose, RandAffined, RandFlipd, RandRotated, RandZ
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from classifiers.distributed import EpochShardSampler, all_mean, rank_and_world, sync_buffers
 from classifiers.errors import ClassifierError
 from classifiers.metrics import METRIC_NAMES, THRESHOLD_RULES, BinaryMetrics, binary_metrics, choose_threshold
 
@@ -166,10 +167,12 @@ def _positive_prob(logits: torch.Tensor) -> torch.Tensor:
     return logits.softmax(1)[:, 1] if logits.shape[1] == 2 else logits[:, 0].sigmoid()
 
 
-def _loader(items: _Items, config: FitConfig, shuffle: bool, generator: torch.Generator | None) -> DataLoader:
+def _loader(items: _Items, config: FitConfig, shuffle: bool, generator: torch.Generator | None,
+            sampler=None) -> DataLoader:  # noqa: ANN001
     from monai.data.utils import worker_init_fn  # reseeds each worker's random transforms from its torch seed
 
-    sampler = RandomSampler(items, num_samples=config.samples_per_epoch, generator=generator) if shuffle else None
+    if sampler is None and shuffle:
+        sampler = RandomSampler(items, num_samples=config.samples_per_epoch, generator=generator)
     return DataLoader(items, batch_size=config.batch_size, sampler=sampler, generator=generator,
                       num_workers=config.num_workers, worker_init_fn=worker_init_fn if config.num_workers else None,
                       pin_memory=False, drop_last=False)
@@ -251,20 +254,33 @@ def fit(model: nn.Module, train_ds, val_ds, config: FitConfig | None = None,
 
     ``on_epoch(epoch, val_metrics)`` runs after every epoch (``val_metrics`` includes ``"loss"``); an
     exception it raises (e.g. ``optuna.TrialPruned``) stops training and propagates.
+
+    Under torchrun (``torch.distributed`` initialised with several processes, e.g. by
+    ``classifiers.distributed.init_from_env()``) the model trains as DistributedDataParallel: each epoch's
+    items are dealt to the ranks, gradients and the training loss are averaged, and every rank scores the
+    whole validation set, so all ranks select the same epoch; progress shows on rank 0 only.
     """
     config = FitConfig() if config is None else config
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ClassifierError(f"fit needs non-empty datasets, got {len(train_ds)} train and {len(val_ds)} val items")
     start, device = time.perf_counter(), _device(config)
+    rank, world = rank_and_world()  # under torchrun: DDP, each rank a share of every epoch
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     model.to(device)
+    trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                  else None) if world > 1 else model
+    progress = progress and rank == 0
     generator = torch.Generator().manual_seed(config.seed)
     transform = None
     if config.augment:  # the first item gives the image size that the translation range is a fraction of
         if hasattr(train_ds, "set_epoch"):
             train_ds.set_epoch(0)
         transform = augmentation(config, tuple(_Items(train_ds, config)[0][0].shape[1:]))
-        transform.set_random_state(seed=config.seed)
-    train_loader = _loader(_Items(train_ds, config, transform), config, True, generator)
+        transform.set_random_state(seed=config.seed + rank)
+    items = _Items(train_ds, config, transform)
+    shard = EpochShardSampler(len(items), config.samples_per_epoch, config.seed, rank, world) if world > 1 else None
+    train_loader = _loader(items, config, True, generator, sampler=shard)
     val_loader = _loader(_Items(val_ds, config), config, False, None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.epochs * len(train_loader),
@@ -279,9 +295,12 @@ def fit(model: nn.Module, train_ds, val_ds, config: FitConfig | None = None,
         for epoch in range(config.epochs):
             if hasattr(train_ds, "set_epoch"):
                 train_ds.set_epoch(epoch)
+            if shard is not None:
+                shard.set_epoch(epoch)
             lr = optimizer.param_groups[0]["lr"]
             report = functools.partial(_advance, bar, task, epoch) if bar is not None else None
-            train_loss = _train_epoch(model, train_loader, optimizer, scheduler, config, device, report)
+            train_loss = all_mean(_train_epoch(trained, train_loader, optimizer, scheduler, config, device, report))
+            sync_buffers(model)  # every rank validates the same model
             probs, labels, val_loss = _predict(model, val_loader, config, device)
             val = {**binary_metrics(labels, probs), "loss": val_loss}
             history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "val": val})

@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--samples-per-epoch", type=int, default=100)
+    parser.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
 
     import torch
@@ -101,7 +103,8 @@ def main() -> None:
     assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"
     twins = synthetic_twins(bundle, real, args.work / "synthetic", args.sampler, args.steps, args.guidance)
     console.print(f"data + generator + {len(twins)} synthetic twins ready in {time.perf_counter() - started:.0f} s")
-    store = VolumeStore(load_bundle(bundle, verify=False).config.data)
+    crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
+    store = VolumeStore(load_bundle(bundle, verify=False).config.data, crop)
     predicted = [{**t, "label": t["predicted_label"]} for t in twins]
     arms = {"real only": real, "real + synthetic 1:1": real + twins,
             "synthetic only (real labels)": twins, "synthetic only (predicted labels)": predicted}
@@ -135,7 +138,7 @@ def main() -> None:
     console.print(table)
     console.print(f"{PAPER_NOTE}. Predicted label = real label for {agree:.0%} of the synthetic twins.")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "bench_paper_protocol.json"
+    out = args.out
     out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
                                "runs": results, "predicted_label_agreement": agree, "paper": PAPER_NOTE,
                                "machine": platform.platform(), "cpus": os.cpu_count(),

@@ -331,6 +331,20 @@ def _ratios(text: str) -> list:
     return out
 
 
+def _crop(text: str | None) -> tuple[int, int, int] | None:
+    from synthaug.errors import InputError
+
+    if not text:
+        return None
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 3 or min(box) < 1:
+        raise InputError(f"crop {text!r} is not X,Y,Z voxels", where="--crop", fix="e.g. --crop 32,32,16")
+    return box  # type: ignore[return-value]
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
 
     from synthaug.errors import InputError
@@ -349,7 +363,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         n_trials=args.trials, tune_lr=args.tune_lr, tune_epochs=args.tune_epochs, seeds=args.seeds,
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         metric=args.metric, class_balance=args.class_balance, label_from=args.label_from, storage=args.storage,
-        samples_per_epoch=args.samples_per_epoch,
+        samples_per_epoch=args.samples_per_epoch, crop=_crop(args.crop), prune=not args.no_prune,
         study_name=args.study_name, allow_leakage=args.allow_leakage, device=args.device)
     data = _config(args).data if (args.preset or args.config or args.overrides) else None  # None: the generator's
     console = _console()
@@ -549,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels (default: all)")
+    p.add_argument("--no-prune", action="store_true", help="train every seed of every ratio (no median pruner)")
     p.add_argument("--samples-per-epoch", type=int,
                    help="items per epoch for every ratio, so that ratios get equal optimiser steps "
                         "(default: 2 x the real training items; 0: one pass over each ratio's set)")

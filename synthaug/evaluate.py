@@ -33,8 +33,12 @@ def _preprocessed(items: list[dict], data: DataConfig) -> list[dict]:
 
 
 def fidelity_classifier(manifest, data: DataConfig, model: str = "tiny-cnn", epochs: int = 10,  # noqa: ANN001
-                        seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Train ``model`` on the real train split (selected on val); returns volumes (B, 1, X, Y, Z) -> P(class 1)."""
+                        seed: int = 0, crop: tuple[int, int, int] | None = None,
+                        lr: float = 1e-3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Train ``model`` on the real train split (selected on val); returns volumes (B, 1, X, Y, Z) -> P(class 1).
+
+    ``crop``: the classifier sees (and ``predict`` crops to) a centred box of that many voxels.
+    """
     from monai.data import Dataset
 
     from classifiers import FitConfig, build_model, fit
@@ -43,14 +47,18 @@ def fidelity_classifier(manifest, data: DataConfig, model: str = "tiny-cnn", epo
     if not manifest.split("train") or not manifest.split("val"):
         raise InputError("conditioning fidelity needs real 'train' and 'val' cases", where=str(manifest.path),
                          fix="mark train and val splits, or pass --fidelity-model none")
-    load = VolumeStore(data)
+    load = VolumeStore(data, crop)
     net = build_model(model, in_channels=1, num_classes=2, seed=seed)
     fit(net, Dataset(manifest.items("train"), transform=load), Dataset(manifest.items("val"), transform=load),
-        FitConfig(epochs=epochs, seed=seed, patience=None, device="cpu"), progress=False)
+        FitConfig(epochs=epochs, seed=seed, patience=None, device="cpu", lr=lr,
+                  samples_per_epoch=2 * len(manifest.split("train"))), progress=False)
     net.eval()
+    cropper = load.crop
 
     @torch.no_grad()
     def predict(volumes: torch.Tensor) -> torch.Tensor:
+        if cropper is not None:
+            volumes = torch.stack([torch.as_tensor(cropper(v)) for v in volumes])
         return net(volumes.float()).softmax(dim=-1)[:, 1]
 
     return predict
@@ -82,7 +90,8 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
                        out: str | os.PathLike[str], *, split: str = "test", bundle: str | os.PathLike[str] | None = None,
                        paper_protocol: bool = False, generator_options: dict[str, Any] | None = None,
                        medicalnet: str | None = None, radimagenet: str | None = None,
-                       fidelity_model: str | None = "tiny-cnn", fidelity_epochs: int = 10, resize: bool = False,
+                       fidelity_model: str | None = "tiny-cnn", fidelity_epochs: int = 10,
+                       fidelity_crop: tuple[int, int, int] | None = None, resize: bool = False,
                        max_synthetic: int | None = None, progress: Progress | None = None) -> dict:
     """Write ``metrics.json``, ``report.md``, montages and the memorisation list to ``out``; return the metrics."""
     from synthaug.data.manifest import SPLITS, load_manifest
@@ -112,7 +121,8 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
         if max_synthetic is not None:
             synthetic_items = synthetic_items[::max(1, len(synthetic_items) // max_synthetic)][:max_synthetic]
     train_cases = [c for c in manifest.items("train") if c["case_id"] in train_ids] or manifest.items("train")
-    predict = fidelity_classifier(manifest, data, fidelity_model, fidelity_epochs) if fidelity_model else None
+    predict = fidelity_classifier(manifest, data, fidelity_model, fidelity_epochs, crop=fidelity_crop) \
+        if fidelity_model else None
     return evaluate_quality(_preprocessed(real_cases, data), synthetic_items, out, medicalnet=medicalnet,
                             radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
                             resize=resize, progress=progress)

@@ -53,6 +53,8 @@ class SweepSettings:
     # Training items drawn per epoch, the same for every ratio, so that a gain is not just more optimiser steps
     # (ratio r makes an epoch (1 + r) times longer otherwise). None: twice the real training items. 0: no fixing.
     samples_per_epoch: int | None = None
+    crop: tuple[int, int, int] | None = None  # centred box (voxels) the classifier sees; None: the whole volume
+    prune: bool = True  # stop clearly bad ratios early (a pruned ratio has fewer seeds, so a wider CI)
     label_from: str = "requested"  # requested | predicted (the adapter's class), for the synthetic items
     storage: str | None = None  # default: sqlite:///<out>/study.db
     study_name: str = "synthaug-sweep"
@@ -84,7 +86,8 @@ class SweepSettings:
         return {"search": self.search, "ratios": [str(r) for r in self.ratios] if self.search == "grid" else
                 [self.ratio_min, self.ratio_max], "tune_lr": self.tune_lr, "tune_epochs": self.tune_epochs,
                 "seeds": self.seeds, "model": self.model, "metric": self.metric, "class_balance": self.class_balance,
-                "label_from": self.label_from, "samples_per_epoch": self.samples_per_epoch}
+                "label_from": self.label_from, "samples_per_epoch": self.samples_per_epoch,
+                "crop": list(self.crop) if self.crop else None}
 
 
 def ratio_label(ratio: float | str) -> str:
@@ -102,18 +105,27 @@ def check_leakage(manifest, generator_case_ids: set[str], allow: bool) -> None: 
 
 
 class VolumeStore:
-    """Preprocessed volumes by path, loaded once per process (the sweep trains many models on the same files)."""
+    """Preprocessed volumes by path, loaded once per process (the sweep trains many models on the same files).
 
-    def __init__(self, data: DataConfig) -> None:
+    ``crop`` (voxels) keeps a centred box of every volume for the classifier (the gland sits in the
+    middle of the field of view), real and synthetic alike.
+    """
+
+    def __init__(self, data: DataConfig, crop: Sequence[int] | None = None) -> None:
+        from monai.transforms import CenterSpatialCrop
+
         from synthaug.data.transforms import preprocessing_transforms
 
         self.preprocess = preprocessing_transforms(data)
+        self.crop = CenterSpatialCrop(list(crop)) if crop else None
         self.volumes: dict[str, torch.Tensor] = {}
 
     def __call__(self, item: dict) -> dict:
         path = str(item["image"])
         if path not in self.volumes:
             loaded = self.preprocess({"image": path})["image"]
+            if self.crop is not None:
+                loaded = self.crop(loaded)
             self.volumes[path] = torch.as_tensor(loaded).float().contiguous()
         return {"image": self.volumes[path], "label": int(item["label"])}
 
@@ -226,7 +238,7 @@ def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[
         raise InputError(f"synthetic volumes are {shape}, the classifier's input {list(data.image_shape)}",
                          where=str(synthetic), fix="use the data settings the generator was trained with "
                                                    "(--preset/--set data.image_shape=...)")
-    load = VolumeStore(data)
+    load = VolumeStore(data, settings.crop)
     from monai.data import Dataset
 
     return SweepData(manifest, manifest.items("train"), Dataset(manifest.items("val"), transform=load),
@@ -278,7 +290,7 @@ def objective_for(data: SweepData, settings: SweepSettings,
                 trial.report(float(val.get(settings.metric) or 0.0), seed * epochs + epoch)
                 if progress:
                     progress(f"ratio {label}", seed * epochs + epoch + 1, settings.seeds * epochs, {})
-                if label != "0" and trial.should_prune():  # the real-only baseline always completes
+                if settings.prune and label != "0" and trial.should_prune():  # the real-only baseline always completes
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {epoch}")
 
             config = _fit_config(settings, seed, lr, epochs, n_real)

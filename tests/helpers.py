@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from synthaug.config import SynthaugConfig, load_config
 
 SMALL = [
@@ -16,3 +18,16 @@ SMALL = [
 
 def small_config(*extra: str) -> SynthaugConfig:
     return load_config(overrides=[*SMALL, *extra])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads: float reductions (hence exact bytes) depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -17,6 +17,7 @@ from synthaug.data.io import read_volume
 from synthaug.errors import InputError
 from synthaug.generate import CCELLAGenerator
 from synthaug.mix.cache import CACHE_FILE, MANIFEST_FILE, SyntheticCache, class_counts, volume_id
+from tests.helpers import torch_threads
 from tests.test_cli import assert_one_line_error, synthaug
 
 FAST = ["--sampler", "ddim", "--steps", "2"]
@@ -184,6 +185,7 @@ def test_torchrun_ranks_fill_one_cache_like_a_single_process(small_bundle, gener
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     single = SyntheticCache.create(tmp_path / "single", generator)
-    single.pregenerate(generator, n=8, batch_size=2)
+    with torch_threads(1):  # as each rank above: float reductions depend on the thread count
+        single.pregenerate(generator, n=8, batch_size=2)
     ranks = SyntheticCache(out)
     assert {k: r["sha256"] for k, r in ranks.rows().items()} == {k: r["sha256"] for k, r in single.rows().items()}

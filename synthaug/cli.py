@@ -144,7 +144,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from synthaug.data.io import make_temp_dir
     from synthaug.errors import InputError
     from synthaug.generate import CCELLAGenerator, write_volume
-    from synthaug.report import mid_slice_montage, progress_bar
+    from synthaug.metrics.montage import save_volumes
+    from synthaug.report import progress_bar
 
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}", where="--n", fix="ask for at least one volume")
@@ -172,9 +173,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             lines.append(json.dumps({"file": name, **record}, sort_keys=True) + "\n")
         (tmp / "provenance.jsonl").write_text("".join(lines), encoding="utf-8")
         shown = min(args.n, 8)
-        mid_slice_montage([v[0].numpy() for v in result.volumes[:shown]],
-                          [f"#{i} label {r['label']} p={r['predicted_prob']:.2f}"
-                           for i, r in enumerate(result.provenance[:shown])], tmp / "montage.png")
+        save_volumes([v[0].numpy() for v in result.volumes[:shown]],
+                     [f"#{i} label {r['label']} p={r['predicted_prob']:.2f}"
+                      for i, r in enumerate(result.provenance[:shown])], tmp / "montage.png")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

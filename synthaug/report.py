@@ -95,39 +95,3 @@ def dataset_tables(summary: DatasetSummary) -> list[Table]:
         tables.append(issues)
     return tables
 
-
-def mid_slice_montage(volumes: list, titles: list[str], path):  # noqa: ANN001, ANN201
-    """Save a PNG with one row per volume and its three mid-planes (axial, coronal, sagittal) as columns.
-
-    volumes: ``(X, Y, Z)`` arrays (RAS+), shown in radiological display (patient left on the image right,
-    anterior up, superior up) with each volume's own 0.5-99.5 percentile window.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from synthaug.data.io import atomic_path
-
-    n = len(volumes)
-    fig, axes = plt.subplots(n, 3, figsize=(6.0, 2.1 * n), squeeze=False)
-    for row, (volume, title) in enumerate(zip(volumes, titles)):
-        v = np.asarray(volume, dtype=np.float32)
-        lo, hi = np.percentile(v, [0.5, 99.5])
-        x, y, z = (s // 2 for s in v.shape)
-        planes = {"axial": np.flipud(v[:, :, z].T)[:, ::-1], "coronal": np.flipud(v[:, y, :].T)[:, ::-1],
-                  "sagittal": np.flipud(v[x, :, :].T)}
-        for col, (name, image) in enumerate(planes.items()):
-            ax = axes[row, col]
-            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect="auto")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=8)
-        axes[row, 0].set_ylabel(title, fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
-    return path

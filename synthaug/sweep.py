@@ -164,7 +164,8 @@ def _storage(url: str):  # noqa: ANN202 - optuna RDBStorage
             try:
                 return RDBStorage(url, heartbeat_interval=30, grace_period=120, **retry)
             except Exception as exc:  # SQLAlchemy/driver errors: bad URL, server down, missing driver
-                if "already exists" in str(exc) and attempt < 4:  # another worker is creating the tables
+                racing = ("already exists", "UNIQUE constraint", "database is locked")
+                if any(r in str(exc) for r in racing) and attempt < 4:  # another worker is creating the tables
                     time.sleep(0.5 * (attempt + 1))
                     continue
                 raise InputError(f"cannot open the study storage ({type(exc).__name__}: "

@@ -84,3 +84,21 @@ def save_pairs(pairs: Sequence[dict], synthetic: dict[str, np.ndarray], train: d
     fig.suptitle(f"Nearest training volume of each synthetic volume ({space} space), most suspicious first",
                  fontsize=9, y=1.0 + 0.25 / fig.get_figheight())
     return _save(fig, Path(path))
+
+
+def save_volumes(volumes: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike[str]) -> Path:
+    """Write a PNG with one row per ``(X, Y, Z)`` volume (any intensity units): its three mid-slices, each
+    volume scaled by its own 0.5-99.5 percentiles; ``titles`` label the rows."""
+    from matplotlib.figure import Figure
+
+    n = max(1, len(volumes))
+    fig = Figure(figsize=(3 * 1.6, n * 1.7 + 0.2))
+    axes = fig.subplots(n, 3, squeeze=False)
+    for r, (volume, title) in enumerate(zip(volumes, titles)):
+        v = np.asarray(volume, dtype=np.float32)
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        scaled = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
+        for p, image in enumerate(mid_slices(scaled)):
+            _show(axes[r, p], image, PLANE_TITLES[p] if r == 0 else None)
+        axes[r, 0].set_ylabel(title, fontsize=7)
+    return _save(fig, Path(path))

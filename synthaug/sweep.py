@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class SweepSettings:
     study_name: str = "synthaug-sweep"
     allow_leakage: bool = False
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.seeds < 1:
@@ -128,21 +127,6 @@ class VolumeStore:
                 loaded = self.crop(loaded)
             self.volumes[path] = torch.as_tensor(loaded).float().contiguous()
         return {"image": self.volumes[path], "label": int(item["label"])}
-
-
-def _open_synthetic(synthetic: str | os.PathLike[str]):  # noqa: ANN202
-    """A cache folder, or a bundle folder (its default generator, writing through to ``<out>/cache``)."""
-    from synthaug.mix.cache import SyntheticCache
-
-    path = Path(synthetic)
-    if (path / "cache.json").is_file():
-        return SyntheticCache(path)
-    if (path / "fingerprint").is_file():
-        from synthaug.generate import CCELLAGenerator
-
-        return CCELLAGenerator.from_bundle(path)
-    raise InputError("neither a synthetic cache (cache.json) nor a bundle (fingerprint)", where=str(path),
-                     fix="pass a folder made by `synthaug pregenerate` or `synthaug train`")
 
 
 def _storage(url: str):  # noqa: ANN202 - optuna RDBStorage
@@ -220,13 +204,14 @@ def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[
     """
     from synthaug.data.manifest import load_manifest
     from synthaug.mix.cache import SyntheticCache
+    from synthaug.mix.dataset import open_synthetic_folder
 
     manifest = load_manifest(manifest_path)
     for split in ("train", "val", "test"):
         if not manifest.split(split):
             raise InputError(f"the manifest has no {split!r} cases", where=str(manifest_path),
                              fix="the sweep trains on train, selects on val and scores on test: mark all three")
-    source = _open_synthetic(synthetic)
+    source = open_synthetic_folder(synthetic)
     if isinstance(source, SyntheticCache):
         case_ids, own = source.train_case_ids, source.data_config()
         shape = source.meta["shape"][1:]
@@ -252,7 +237,7 @@ def _fit_config(settings: SweepSettings, seed: int, lr: float, epochs: int, n_re
     per_epoch = 2 * n_real if settings.samples_per_epoch is None else (settings.samples_per_epoch or None)
     return FitConfig(epochs=epochs, batch_size=settings.batch_size, lr=lr, patience=settings.patience,
                      metric=settings.metric, augment=settings.augment, seed=seed, device=settings.device,
-                     samples_per_epoch=per_epoch, **settings.extra)
+                     samples_per_epoch=per_epoch)
 
 
 def objective_for(data: SweepData, settings: SweepSettings,

@@ -67,7 +67,6 @@ class Sampler:
     """A reverse-diffusion chain: ``set_timesteps(n)``, then ``step`` once per entry of ``timesteps``."""
 
     name = ""
-    stochastic = False
 
     def __init__(self, cfg: DiffusionConfig, steps: int) -> None:
         if not 1 <= steps <= cfg.num_train_timesteps:
@@ -119,7 +118,7 @@ class _DiffusersSampler(Sampler):
 class DDPMSampler(_DiffusersSampler):
     """Ancestral DDPM (the reference: 1000 steps); fewer steps use diffusers' leading spacing."""
 
-    name, stochastic = "ddpm", True
+    name = "ddpm"
     scheduler_class = "DDPMScheduler"
     options = {"clip_sample": False, "variance_type": "fixed_small"}
 
@@ -137,10 +136,6 @@ class DDIMSampler(_DiffusersSampler):
     name = "ddim"
     scheduler_class = "DDIMScheduler"
     options = {"clip_sample": False, "set_alpha_to_one": True, "timestep_spacing": "trailing"}
-
-    @property
-    def stochastic(self) -> bool:  # type: ignore[override]
-        return self.eta > 0
 
     def step(self, output, t, sample, generators=None):  # noqa: ANN001, ANN201
         noise = None

@@ -94,23 +94,29 @@ def _default_cache_dir(generator) -> Path:  # noqa: ANN001
     return root / f"{generator.fingerprint[:16]}-{settings}"
 
 
+def open_synthetic_folder(path: str | os.PathLike[str]):  # noqa: ANN201 - SyntheticCache | CCELLAGenerator
+    """A cache folder (``cache.json``) as a ``SyntheticCache``, or a bundle folder as its default generator."""
+    from synthaug.generate import CCELLAGenerator
+
+    path = Path(path)
+    if (path / "cache.json").is_file():
+        return SyntheticCache(path)
+    if (path / "fingerprint").is_file():
+        return CCELLAGenerator.from_bundle(path)
+    raise InputError("neither a synthetic cache (cache.json) nor a bundle (fingerprint)", where=str(path),
+                     fix="pass a folder made by `synthaug pregenerate` or `synthaug train`")
+
+
 def _open_source(synthetic, cache_dir, generate: bool):  # noqa: ANN001, ANN202
     """-> (cache or None, generator or None) for a cache, a generator, a cache folder or a bundle folder."""
     from synthaug.generate import CCELLAGenerator
 
+    if isinstance(synthetic, (str, os.PathLike)):
+        synthetic = open_synthetic_folder(synthetic)
     if synthetic is None:
         return None, None
     if isinstance(synthetic, SyntheticCache):
         return synthetic, None
-    if isinstance(synthetic, (str, os.PathLike)):
-        path = Path(synthetic)
-        if (path / "cache.json").is_file():
-            return SyntheticCache(path), None
-        if (path / "fingerprint").is_file():
-            synthetic = CCELLAGenerator.from_bundle(path)
-        else:
-            raise InputError("neither a synthetic cache (cache.json) nor a bundle (fingerprint)", where=str(path),
-                             fix="pass a folder made by `synthaug pregenerate` or `synthaug train`")
     if isinstance(synthetic, CCELLAGenerator):
         cache = SyntheticCache.create(cache_dir or _default_cache_dir(synthetic), synthetic)
         return cache, synthetic if generate else None

@@ -23,7 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper")
+    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper, reference (the paper's code)")
     p.add_argument("--config", type=Path, help="YAML/JSON config file (see `synthaug config show`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set phantom.difficulty=0.7 (repeatable)")
@@ -372,6 +372,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         summary = run_sweep(args.data, args.synthetic, args.out, settings, data, progress=progress)
     _print_table(console, f"synthaug sweep: {summary['model']}, {summary['seeds']} seeds", HEADER, table_rows(summary))
     console.print(f"result: {summary['verdict']}")
+    if summary["unfinished"]:
+        console.print(f"not finished: ratio {', '.join(summary['unfinished'])} (running in another worker, or "
+                      "left by one that stopped under 2 minutes ago): run the same command again to finish")
     console.print(f"wrote {args.out}/report.md, summary.json, trials.csv, ratio_vs_metric.png")
     return 0
 

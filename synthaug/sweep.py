@@ -79,6 +79,21 @@ class SweepSettings:
         if self.search == "tpe" and not 0 < self.ratio_min < self.ratio_max:
             raise InputError(f"ratio range {self.ratio_min}..{self.ratio_max} is not valid for a log search",
                              where="--ratio-range", fix="use 0 < min < max, e.g. 0.1..4")
+        if self.search == "grid" and (self.tune_lr or self.tune_epochs):
+            flag = "--tune-lr" if self.tune_lr else "--tune-epochs"
+            raise InputError("a grid search runs each ratio once with fixed training settings", where=flag,
+                             fix=f"add --search tpe to tune the learning rate or epochs too, or drop {flag}")
+        if self.metric == "loss":
+            raise InputError("the sweep ranks ratios by a metric where higher is better", where="--metric",
+                             fix="use auroc, balanced_accuracy, accuracy or ap")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"learning rate must be > 0, got {self.lr}", where="--lr", fix="e.g. --lr 1e-4")
+        from classifiers import ClassifierError
+
+        try:  # the classifier's own checks (metric name, epochs, batch size), before any trial starts
+            _fit_config(self, seed=0, lr=self.lr, epochs=self.epochs, n_real=1)
+        except ClassifierError as exc:
+            raise InputError(str(exc), where="sweep settings", fix="see `synthaug sweep --help`") from exc
 
     def space(self) -> dict[str, Any]:
         """The search space, stored with the study so that a different one is refused."""
@@ -86,7 +101,8 @@ class SweepSettings:
                 [self.ratio_min, self.ratio_max], "tune_lr": self.tune_lr, "tune_epochs": self.tune_epochs,
                 "seeds": self.seeds, "model": self.model, "metric": self.metric, "class_balance": self.class_balance,
                 "label_from": self.label_from, "samples_per_epoch": self.samples_per_epoch,
-                "crop": list(self.crop) if self.crop else None}
+                "crop": list(self.crop) if self.crop else None, "epochs": self.epochs, "lr": self.lr,
+                "batch_size": self.batch_size, "patience": self.patience, "augment": self.augment}
 
 
 def ratio_label(ratio: float | str) -> str:
@@ -112,6 +128,10 @@ class VolumeStore:
 
     def __init__(self, data: DataConfig, crop: Sequence[int] | None = None) -> None:
         from monai.transforms import CenterSpatialCrop
+
+        if list(data.modalities) != ["t2w"]:  # a synthetic item is one multi-channel file, a real one a file per key
+            raise InputError(f"the sweep and quality metrics take T2W-only data, not {'+'.join(data.modalities)}",
+                             where="data.modalities", fix="train the generator with data.modalities=[t2w]")
 
         from synthaug.data.transforms import preprocessing_transforms
 
@@ -260,20 +280,23 @@ def objective_for(data: SweepData, settings: SweepSettings,
         trial.set_user_attr("ratio_label", label)
         n_real = len(data.real_train)
         values, tests = [], []
+        # pool_size=0: a bundle source gives each ratio a fixed pool (its quota), like a cache of that size,
+        # instead of new volumes every epoch (epochs x quota generated volumes per trial).
         for seed in range(settings.seeds):
             if label == SYNTHETIC_ONLY:
                 train = SyntheticMixDataset([], data.synthetic, num_synthetic=n_real, class_balance=settings.class_balance,
                                             transform=data.load, seed=seed, cache_dir=data.cache_dir,
-                                            label_from=settings.label_from)
+                                            label_from=settings.label_from, pool_size=0)
             else:
                 train = SyntheticMixDataset(data.real_train, data.synthetic if float(label) > 0 else None,
                                             ratio=float(label), class_balance=settings.class_balance,
                                             transform=data.load, seed=seed, cache_dir=data.cache_dir,
-                                            label_from=settings.label_from)
+                                            label_from=settings.label_from, pool_size=0)
             model = build_model(settings.model, in_channels=1, num_classes=2, seed=seed)
 
             def on_epoch(epoch: int, val: dict, seed: int = seed) -> None:
-                trial.report(float(val.get(settings.metric) or 0.0), seed * epochs + epoch)
+                # Steps count in units of the largest epoch budget, so trials with tuned epochs line up.
+                trial.report(float(val.get(settings.metric) or 0.0), seed * settings.epochs + epoch)
                 if progress:
                     progress(f"ratio {label}", seed * epochs + epoch + 1, settings.seeds * epochs, {})
                 if settings.prune and label != "0" and trial.should_prune():  # the real-only baseline always completes

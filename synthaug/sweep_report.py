@@ -76,7 +76,11 @@ def summarise(study, settings) -> dict[str, Any]:  # noqa: ANN001 - optuna.Study
     metric = settings.metric if settings.metric in TEST_METRICS else "auroc"
     complete = [r for r in ratios if per_ratio[r]["state"] == "COMPLETE" and per_ratio[r]["val"]["mean"] is not None]
     best = max(complete, key=lambda r: per_ratio[r]["val"]["mean"]) if complete else None
-    return {"metric": metric, "ratios": ratios, "per_ratio": per_ratio, "best_ratio": best,
+    # Grid points still running in another worker, or left RUNNING by a worker that died less than the
+    # storage's grace period ago (after it, the stale trial is failed and retried on the next run).
+    unfinished = [ratio_label(r) for r in settings.ratios if settings.search == "grid"
+                  and per_ratio.get(ratio_label(r), {}).get("state") not in ("COMPLETE", "PRUNED")]
+    return {"metric": metric, "ratios": ratios, "per_ratio": per_ratio, "best_ratio": best, "unfinished": unfinished,
             "seeds": settings.seeds, "model": settings.model, "verdict": verdict(per_ratio, best, metric)}
 
 

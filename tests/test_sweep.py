@@ -17,7 +17,8 @@ from tests.test_cli import assert_one_line_error
 from tests.test_generate import in_process
 
 SHAPE = ["--set", "data.image_shape=[32,32,16]", "--set", "data.spacing=[3,3,6]"]
-FAST = ["--model", "tiny-cnn", "--epochs", "2", "--seeds", "2", "--batch-size", "4", *SHAPE]
+# No pruning: which trial the median pruner stops depends on timing between workers, and the tests count trials.
+FAST = ["--model", "tiny-cnn", "--epochs", "2", "--seeds", "2", "--batch-size", "4", "--no-prune", *SHAPE]
 
 
 def complete_trials(out) -> Counter:
@@ -71,15 +72,19 @@ def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, caps
     base = ["sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", tmp_path / "o", *SHAPE]
     for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio -1.0"),
                          (["--seeds", "0"], "seeds"), (["--ratios", "0,lots"], "'lots'"),
-                         (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage")):
+                         (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage"),
+                         (["--tune-lr"], "--search tpe"), (["--tune-epochs"], "--search tpe"),
+                         (["--metric", "loss"], "higher is better"), (["--metric", "f2"], "unknown metric 'f2'"),
+                         (["--epochs", "0"], "epochs"), (["--lr", "0"], "learning rate"),
+                         (["--set", "data.modalities=[t2w,adc]"], "T2W-only")):
         assert_one_line_error(in_process(capsys, *base, *extra), match)
-    no_test = tmp_path / "no_test.jsonl"
-    no_test.write_text("".join(line + "\n" for line in small_phantom.read_text().splitlines()
-                               if '"split": "test"' not in line))
-    for name in ("images",):
-        os.symlink(small_phantom.parent / name, tmp_path / name)
-    done = in_process(capsys, "sweep", "--data", no_test, "--synthetic", small_cache, "--out", tmp_path / "o2", *SHAPE)
-    assert_one_line_error(done, "no 'test' cases")
+    os.symlink(small_phantom.parent / "images", tmp_path / "images")
+    for split in ("test", "val"):
+        missing = tmp_path / f"no_{split}.jsonl"
+        missing.write_text("".join(line + "\n" for line in small_phantom.read_text().splitlines()
+                                   if f'"split": "{split}"' not in line))
+        done = in_process(capsys, "sweep", "--data", missing, "--synthetic", small_cache, "--out", tmp_path / "o2", *SHAPE)
+        assert_one_line_error(done, f"no '{split}' cases")
 
     leaky = tmp_path / "leaky"
     shutil.copytree(small_cache, leaky)
@@ -96,6 +101,19 @@ def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, caps
     assert_one_line_error(changed, "another search space")
 
 
+def test_a_bundle_trained_on_a_held_out_case_is_refused(small_phantom, small_bundle, tmp_path, capsys):
+    rows = [json.loads(line) for line in small_phantom.read_text().splitlines()]
+    moved = next(r for r in rows if r["split"] == "train")
+    moved["split"] = "val"  # the bundle was trained on it
+    for r in rows:
+        r["image"] = str(small_phantom.parent / r["image"])
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = in_process(capsys, "sweep", "--data", leaky, "--synthetic", small_bundle, "--out", tmp_path / "o", *FAST)
+    assert_one_line_error(done, "validation/test case")
+    assert moved["case_id"] in done.stderr
+
+
 def test_settings_check_refuses_an_empty_grid():
     from synthaug.sweep import SweepSettings
 
@@ -106,8 +124,11 @@ def test_settings_check_refuses_an_empty_grid():
 def test_tpe_search_on_a_log_range(small_phantom, small_cache, tmp_path, capsys):
     out = tmp_path / "tpe"
     done = in_process(capsys, "sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", out,
-                      "--search", "tpe", "--ratio-range", "0.2:2", "--trials", "2", *FAST[:-4], "--seeds", "1", *SHAPE)
+                      "--search", "tpe", "--ratio-range", "0.2:2", "--trials", "2", *FAST[:-4], "--seeds", "1",
+                      "--tune-lr", "--tune-epochs", *SHAPE)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["ratios"]) == 2 and all(0.2 <= float(r) <= 2 for r in summary["ratios"])
+    for row in summary["per_ratio"].values():  # the learning rate and epochs were searched too
+        assert 1e-5 <= row["params"]["lr"] <= 1e-3 and row["params"]["epochs"] in (1, 2)
     assert "real-only (ratio 0) was not run" in summary["verdict"]

@@ -2,7 +2,7 @@
 
 ``fit`` switches to DistributedDataParallel by itself when ``torch.distributed`` is initialised with more
 than one process (the user's script, started by ``torchrun``, calls ``init_process_group``, or
-``init_from_env()`` here does it: gloo on CPU, NCCL on CUDA).
+``init_from_env()`` here does it: gloo on CPU; NCCL on CUDA, with gloo beside it for CPU tensors).
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from torch.utils.data import Sampler
 def init_from_env(device: str = "cpu") -> tuple[int, int]:
     """Join the process group torchrun describes (once); returns (rank, world size); (0, 1) outside torchrun."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo")
+        if torch.device(device).type == "cuda":  # NCCL for the model, gloo for the CPU-side metric reductions
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group(backend="gloo")
     return rank_and_world()
 
 
@@ -34,7 +38,9 @@ def all_mean(value: float) -> float:
     rank, world = rank_and_world()
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    # A user's own NCCL-only group cannot reduce CPU tensors: reduce on this process's GPU then.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t) / world
 

@@ -1,6 +1,6 @@
 """torch.distributed for ``torchrun``: who this process is, and the few collective steps training needs.
 
-    dist = Dist.from_env("cpu")      # gloo on CPU, NCCL on CUDA; a plain run is rank 0 of 1
+    dist = Dist.from_env("cpu")      # gloo on CPU, NCCL (+ gloo for CPU tensors) on CUDA; a plain run is rank 0 of 1
     with dist.main_first():          # rank 0 builds the caches, the others then read them
         ...
     dist.all_mean(values)            # losses for the log, averaged over ranks
@@ -14,9 +14,25 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as torch_dist
+
+
+# Rank 0 trains the VAE and encodes the data set alone while the other ranks wait at a barrier: hours at
+# the paper's size, far past torch's default collective timeout (10 min for NCCL).
+TIMEOUT = timedelta(hours=24)
+
+
+def init_process_group(device: str | torch.device) -> None:
+    """gloo on CPU; on CUDA, NCCL for GPU tensors and gloo for the CPU ones (logged losses, stop flags), each
+    process on its own GPU (LOCAL_RANK)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch_dist.init_process_group(backend="cpu:gloo,cuda:nccl", timeout=TIMEOUT)
+    else:
+        torch_dist.init_process_group(backend="gloo", timeout=TIMEOUT)
 
 
 @dataclass(frozen=True)
@@ -34,8 +50,7 @@ class Dist:
         if world <= 1:
             return cls()
         if not torch_dist.is_initialized():
-            backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-            torch_dist.init_process_group(backend=backend)
+            init_process_group(device)
         return cls(rank=torch_dist.get_rank(), world=torch_dist.get_world_size(),
                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 

@@ -299,6 +299,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet": {"channels": [64, 128, 256, 512], "attention_levels": [False, False, True, True],
                  "num_head_channels": 32, "num_res_blocks": 2, "norm_num_groups": 32},
         "train": {"steps": 200000, "batch_size": 1},
+        # A 256x256x128 volume decodes in 4 pieces along X (MAISI's split convolutions), one volume at a time.
+        "sample": {"decode_splits": 4, "batch_size": 1},
     },
 }
 # The paper's sizes with every behaviour of the reference code, for comparisons: flatten class heads,

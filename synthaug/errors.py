@@ -46,3 +46,7 @@ class ImageError(InputError):
 
 class PicaiError(InputError):
     """A PI-CAI folder or marksheet does not have the expected layout."""
+
+
+class GenerationError(SynthaugError):
+    """Generating synthetic volumes failed (not the user's input: the CLI exits with code 1)."""

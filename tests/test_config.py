@@ -27,7 +27,10 @@ def test_every_preset_validates_and_round_trips(tmp_path, name):
 
 
 def test_paper_preset_has_the_reference_image_size():
-    assert load_config(preset="paper").data.image_shape == (256, 256, 128)
+    cfg = load_config(preset="paper")
+    assert cfg.data.image_shape == (256, 256, 128)
+    latent_x = cfg.data.image_shape[0] // 4
+    assert cfg.sample.decode_splits > 1 and latent_x % cfg.sample.decode_splits == 0  # decodes in pieces
 
 
 def test_order_preset_then_file_then_overrides(tmp_path):

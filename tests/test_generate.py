@@ -45,6 +45,12 @@ def test_volumes_have_the_bundle_geometry_and_provenance(generator, small_bundle
     assert 0.0 <= p["predicted_prob"] <= 1.0
     train_reports = {c["report"] for c in generator.bundle.train_cases if c["label"] == 1}
     assert p["report"] in train_reports and p["report"]
+    # In the training data's units: the model's [0, 1] maps onto the median raw 0-99.5 percentile range.
+    stats = generator.bundle.info["data"]["intensity"]
+    low, high = stats["p0_median"], stats["p99_5_median"]
+    assert high > 1.5 and low - 1e-3 <= float(out.volumes.min()) and float(out.volumes.max()) <= high + 1e-3
+    unit = torch.rand(1, 1, 2, 2, 2)
+    torch.testing.assert_close(generator.to_intensity(unit), unit * (high - low) + low)
 
 
 def test_same_seed_same_volume_whatever_the_batch(small_bundle):

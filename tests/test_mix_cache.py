@@ -133,6 +133,16 @@ def test_verify_finds_corrupt_and_missing_volumes(small_cache, tmp_path):
     assert synthaug("cache", "verify", small_cache).returncode == 0
 
 
+def test_cache_info_shows_counts_reports_sampler_bundle_and_size(small_cache):
+    done = synthaug("cache", "info", small_cache)
+    info = SyntheticCache(small_cache).info()
+    assert done.returncode == 0, done.stderr
+    out = " ".join(done.stdout.split())  # rich may wrap the table
+    assert f"{info['volumes']} (label 0: {info['per_class']['0']}, label 1: {info['per_class']['1']})" in out
+    assert f"{info['distinct_reports']} distinct" in out and "ddim x 2" in out
+    assert info["bundle_fingerprint"][:16] in out and "MiB" in out
+
+
 def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(small_cache, generator, tmp_path):
     folder = tmp_path / "torn"
     shutil.copytree(small_cache, folder)

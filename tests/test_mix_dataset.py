@@ -96,13 +96,17 @@ def test_a_monai_tutorial_loop_runs_unchanged_with_workers(real, small_cache):
 
 def test_distributed_sampler_covers_every_index_once(real, small_cache):
     ds = SyntheticMixDataset(real, small_cache, ratio=1.0)
-    seen = []
+    seen, loaded = [], []
     for rank in range(2):
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=0, drop_last=False)
         sampler.set_epoch(1)
         seen += list(sampler)
+        for batch in DataLoader(ds, batch_size=4, sampler=sampler):  # what each rank's loader yields
+            loaded += [s or c for s, c in zip(batch["synthetic_id"], batch["case_id"])]
     assert set(seen) == set(range(len(ds)))  # every index; padding repeats at most one to even the ranks
     assert len(seen) == 2 * math.ceil(len(ds) / 2)
+    everything = {ds[i]["synthetic_id"] or ds[i]["case_id"] for i in range(len(ds))}
+    assert set(loaded) == everything and len(loaded) == len(seen)
 
 
 def test_cache_dataset_wrapping(real, small_cache):
@@ -127,6 +131,43 @@ def test_generator_source_generates_writes_through_and_is_reused(real, small_bun
     assert again.generator is None and len(again) == len(ds)
 
 
+def test_a_generator_source_makes_new_volumes_every_epoch(real, small_bundle, tmp_path):
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    ds = SyntheticMixDataset(real, generator, ratio=0.5, cache_dir=tmp_path / "fresh")
+    first = list(ds.synthetic_ids)
+    loaded = [ds[i]["synthetic_id"] for i in range(len(real), len(ds))]  # reads wait for the producer
+    assert loaded == first and len(first) == round(0.5 * len(real))
+    ds.set_epoch(1)
+    assert not set(ds.synthetic_ids) & set(first) and len(ds.synthetic_ids) == len(first)
+    ds.wait()
+    assert len(SyntheticCache(tmp_path / "fresh")) == 2 * len(first)
+    ds.set_epoch(0)
+    assert ds.synthetic_ids == first  # deterministic in the epoch
+
+
+def test_a_generation_failure_reaches_loader_workers(real, small_bundle, tmp_path):
+    import pickle
+    import threading
+
+    from synthaug.errors import GenerationError
+
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    release = threading.Event()
+
+    def broken(*args, **kwargs):
+        release.wait(timeout=60)
+        raise RuntimeError("out of memory")
+
+    generator.generate = broken
+    ds = SyntheticMixDataset(real, generator, ratio=0.5, cache_dir=tmp_path / "broken")
+    worker_copy = pickle.loads(pickle.dumps(ds))  # what a DataLoader worker holds: no producer of its own
+    release.set()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ds.wait()
+    with pytest.raises(GenerationError, match="out of memory"):
+        worker_copy[len(real)]
+
+
 def test_a_short_pool_without_generation_repeats_with_a_warning(real, small_cache, caplog):
     with caplog.at_level(logging.WARNING, logger="synthaug.mix.dataset"):
         ds = SyntheticMixDataset(real, small_cache, ratio=2.0, class_balance="equal")
@@ -143,6 +184,8 @@ def test_bad_input_is_one_clear_error(real, small_cache, tmp_path):
         SyntheticMixDataset(real, small_cache, class_balance="most")
     with pytest.raises(InputError, match="has no 'label'"):
         SyntheticMixDataset([{"image": "x.nii.gz"}], small_cache)
+    with pytest.raises(InputError, match="'case_9' has no 'image'"):
+        SyntheticMixDataset([{"case_id": "case_9", "label": 1}], small_cache, ratio=0)[0]
     with pytest.raises(InputError, match="needs a synthetic source"):
         SyntheticMixDataset(real, None, ratio=1.0)
     one_class = tmp_path / "one_class"

@@ -99,6 +99,8 @@ def test_sampler_choice_and_bad_settings():
     assert resolve_sampler("auto", "eps") == "dpm++" and resolve_sampler("auto", "flow") == "flow"
     assert build_sampler("auto", DiffusionConfig()).steps == DEFAULT_STEPS["dpm++"]
     assert build_sampler("ddpm", DiffusionConfig()).steps == 1000
+    short = DiffusionConfig(num_train_timesteps=16)  # defaults follow the model's own number of steps
+    assert build_sampler("ddpm", short).steps == 16 and build_sampler("dpm++", short).steps == 16
     with pytest.raises(InputError, match="unknown sampler"):
         build_sampler("euler", DiffusionConfig())
     with pytest.raises(InputError, match="cannot sample"):
@@ -110,3 +112,16 @@ def test_sampler_choice_and_bad_settings():
             build_sampler("ddim", DiffusionConfig(), steps)
     with pytest.raises(InputError, match="eta"):
         build_sampler("ddim", DiffusionConfig(), 10, eta=-1)
+
+
+def test_eps_and_v_training_targets():
+    for prediction in ("eps", "v"):
+        cfg = DiffusionConfig(prediction=prediction)
+        scheduler = training_scheduler(cfg)
+        x0, noise = torch.randn(2, 1, 2, 2, 2), torch.randn(2, 1, 2, 2, 2)
+        t = torch.tensor([10, 700])
+        a = scheduler.alphas_cumprod[t].view(2, 1, 1, 1, 1)
+        x_t, target = training_target(cfg, scheduler, x0, noise, t)
+        torch.testing.assert_close(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise)
+        expected = noise if prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        torch.testing.assert_close(target, expected)

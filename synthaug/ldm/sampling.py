@@ -25,7 +25,7 @@ from synthaug.config import DiffusionConfig
 from synthaug.errors import InputError
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "flow")
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 20, "dpm++": 20, "flow": 30}
+DEFAULT_STEPS = {"ddpm": None, "ddim": 20, "dpm++": 20, "flow": 30}  # None: every training step (the reference)
 
 
 def resolve_sampler(name: str, prediction: str) -> str:
@@ -187,7 +187,8 @@ def build_sampler(name: str, cfg: DiffusionConfig, steps: int | None = None, eta
     name = resolve_sampler(name, cfg.prediction)
     if eta < 0:
         raise InputError(f"eta must be >= 0, got {eta}", where="eta", fix="use 0 for deterministic DDIM")
-    steps = DEFAULT_STEPS[name] if steps is None else int(steps)
+    if steps is None:  # a default never asks for more steps than the model was trained with
+        steps = min(DEFAULT_STEPS[name] or cfg.num_train_timesteps, cfg.num_train_timesteps)
     if name == "flow":
         return FlowSampler(cfg, steps)
     return _CLASSES[name](cfg, steps, eta=eta)

@@ -148,7 +148,9 @@ class SyntheticCache:
                                  f"{cache.meta['file_format']}", where=str(path),
                                  fix="use the cache's seed and format, or another folder")
             return cache
-        if path.exists() and any(path.iterdir()):
+        # What a process creating this cache at the same moment has made before cache.json is not "foreign".
+        own = {VOLUMES_DIR, f"{MANIFEST_FILE}.lock"}
+        if path.exists() and any(p.name not in own for p in path.iterdir()):
             raise InputError("folder exists, is not empty and is not a synthetic cache", where=str(path),
                              fix="choose an empty or new folder")
         (path / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from synthaug.errors import InputError
+from synthaug.data.io import atomic_write_text
+from synthaug.errors import GenerationError, InputError
 from synthaug.mix.cache import LABELS, SyntheticCache, volume_id
 
 logger = logging.getLogger(__name__)
@@ -154,8 +155,9 @@ class SyntheticMixDataset(Dataset):
             transform: applied identically to real and synthetic items.
             num_synthetic: synthetic items per epoch instead of ``ratio * len(real)`` (needed when ``real`` is
                 empty and the source is a generator).
-            pool_size: generator source only: distinct volumes per class to draw from (default: the quota, so
-                later epochs reuse the first epoch's volumes in a new draw; larger = more variety, more generation).
+            pool_size: generator source only. None (default): every epoch gets volumes no earlier epoch had
+                (epoch e takes pool indices e*quota .. (e+1)*quota - 1 of each class), generated as needed. A
+                number: a fixed pool of max(quota, pool_size) volumes per class that each epoch draws from.
             cache_dir: generator source only: the write-through cache (default ``$SYNTHAUG_CACHE_DIR`` or
                 ``~/.cache/synthaug/<bundle>-<settings>``).
             generate: False uses only what the cache already has (repeating with a warning when short).
@@ -199,6 +201,8 @@ class SyntheticMixDataset(Dataset):
         self._pools = self._pool_ids()
         self._producer: threading.Thread | None = None
         self._producer_error: BaseException | None = None
+        # Where the producer leaves its failure for DataLoader workers (other processes) to find.
+        self._error_file = (self.cache.path / f".producer-{os.getpid()}-{id(self):x}.error") if self.cache is not None else None
         self.epoch = -1
         self.synthetic_ids: list[str] = []
         self.set_epoch(0)
@@ -257,6 +261,9 @@ class SyntheticMixDataset(Dataset):
         chosen: list[str] = []
         for c in LABELS:
             pool, quota = self._pools[c], self.quotas[c]
+            if self.generator is not None and self.pool_size is None:  # on the fly: new volumes every epoch
+                chosen += [volume_id(c, self.epoch * quota + j) for j in range(quota)]
+                continue
             if quota <= len(pool):
                 picked = sorted(rng.choice(len(pool), size=quota, replace=False).tolist())
             else:
@@ -276,14 +283,16 @@ class SyntheticMixDataset(Dataset):
             self._producer.join()  # one producer at a time; the previous epoch's work is still useful
         pairs = sorted({(int(i.split("-")[1][1:]), int(i.split("-")[2])) for i in missing}, key=lambda p: (p[1], p[0]))
         self._producer_error = None
+        self._error_file.unlink(missing_ok=True)
 
         def produce() -> None:
             try:
                 size = self.generator.batch_size
                 for start in range(0, len(pairs), size):
                     self.cache.make(self.generator, pairs[start:start + size])
-            except BaseException as exc:  # surfaced to the consumer in __getitem__
+            except BaseException as exc:  # surfaced to the consumer in __getitem__, here and in loader workers
                 self._producer_error = exc
+                atomic_write_text(self._error_file, f"{type(exc).__name__}: {exc}\n")
 
         self._producer = threading.Thread(target=produce, name="synthaug-producer", daemon=True)
         self._producer.start()
@@ -305,6 +314,9 @@ class SyntheticMixDataset(Dataset):
         while row_id not in self.cache.rows():
             if self._producer_error is not None:
                 raise self._producer_error
+            if self._error_file.is_file():  # a DataLoader worker: the producer runs in the main process
+                raise GenerationError(f"generating synthetic volumes failed: {self._error_file.read_text().strip()}",
+                                      where=str(self.cache.path), fix="see the main process's log")
             if time.monotonic() > deadline:
                 raise InputError(f"synthetic volume {row_id} did not appear within {WAIT_TIMEOUT_S:.0f} s",
                                  where=str(self.cache.path), fix="check that generation is running (or pregenerate)")
@@ -319,6 +331,9 @@ class SyntheticMixDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         if index < n_real:
             source = self.real[index]
+            if self.image_key not in source:
+                raise InputError(f"real item {source.get('case_id', index)!r} has no {self.image_key!r}",
+                                 where="real", fix=f"give every real item an {self.image_key!r}, or pass image_key=")
             item = {self.image_key: source[self.image_key], "label": source[self.label_key],
                     "case_id": source.get("case_id", f"real-{index}"), "report": source.get("report", ""),
                     "is_synthetic": False, "synthetic_id": "", **{k: source.get(k) for k in self.keep_keys}}

@@ -128,8 +128,9 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
     manifest = phantom / "manifest.jsonl"
     stages = _Stages(out, force, log)
 
+    cases = (lambda done, total: progress("phantom", done, total, {})) if progress else None
     stages.run("phantom", [cfg.data.model_dump(mode="json"), cfg.phantom.model_dump(mode="json")], [phantom],
-               lambda: write_phantom_dataset(phantom, cfg.data, cfg.phantom, overwrite=True))
+               lambda: write_phantom_dataset(phantom, cfg.data, cfg.phantom, progress=cases, overwrite=True))
 
     def train() -> None:
         import transformers

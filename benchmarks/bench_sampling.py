@@ -3,12 +3,13 @@
     python benchmarks/bench_sampling.py --eps-bundle benchmarks/results/sampling/bundle_eps \
         --flow-bundle benchmarks/results/sampling/bundle_flow --data benchmarks/results/sampling/phantom/manifest.jsonl
 
-For DDPM-1000 (the reference), DDIM-50/20/10, DPM-Solver++-20/10 (eps model) and rectified flow 30/10
-(flow-trained model): network evaluations, seconds per volume (median over batches, same run), FID and
+For DDPM-1000 (the reference), DDIM-50/20/10 deterministic (eta 0) and stochastic (eta 1),
+DPM-Solver++-20/10 (eps model) and rectified flow 30/10 (flow-trained model): network evaluations, seconds per volume (median over batches, same run), FID and
 KID to the held-out real volumes (val + test splits) with the offline seeded 3D extractor (named in the
 output; not comparable to published FIDs), and conditioning fidelity (accuracy and AUROC, by requested
 label, of a classifier trained on the real train split). The same requests (labels, reports, seeds)
-go to every sampler. Prints a table and writes benchmarks/results/bench_sampling.json.
+go to every sampler. Prints a table and writes benchmarks/results/bench_sampling.json
+(bench_sampling_guidance{W}.json with --guidance W != 1).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-CONFIGS = [("eps", "ddpm", 1000), ("eps", "ddim", 50), ("eps", "ddim", 20), ("eps", "ddim", 10),
-           ("eps", "dpm++", 20), ("eps", "dpm++", 10), ("flow", "flow", 30), ("flow", "flow", 10)]
+# (model, sampler, steps, eta): eta > 0 makes DDIM stochastic (eta 1 is DDPM's posterior variance).
+CONFIGS = [("eps", "ddpm", 1000, 0.0), ("eps", "ddim", 50, 0.0), ("eps", "ddim", 20, 0.0), ("eps", "ddim", 10, 0.0),
+           ("eps", "ddim", 50, 1.0), ("eps", "ddim", 20, 1.0), ("eps", "ddim", 10, 1.0),
+           ("eps", "dpm++", 20, 0.0), ("eps", "dpm++", 10, 0.0), ("flow", "flow", 30, 0.0), ("flow", "flow", 10, 0.0)]
 
 
 def main() -> None:
@@ -34,7 +37,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="volumes per sampler (half per class)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--only", help="comma-separated sampler-steps to run, e.g. dpm++-20,ddim-10")
+    parser.add_argument("--only", help="comma-separated sampler-steps[-eta] to run, e.g. dpm++-20,ddim-10,ddim-20-eta1")
     parser.add_argument("--fidelity-epochs", type=int, default=15)
     args = parser.parse_args()
 
@@ -68,13 +71,14 @@ def main() -> None:
     reports = [eps_gen.choose_report(label, seed) for label, seed in zip(labels, seeds)]
     only = set(args.only.split(",")) if args.only else None
     rows = []
-    for kind, sampler, steps in CONFIGS:
-        if only and f"{sampler}-{steps}" not in only:
+    for kind, sampler, steps, eta in CONFIGS:
+        name = f"{sampler}-{steps}" + (f"-eta{eta:g}" if eta else "")
+        if only and name not in only:
             continue
         bundle = args.eps_bundle if kind == "eps" else args.flow_bundle
         if bundle is None:
             continue
-        gen = CCELLAGenerator.from_bundle(bundle, sampler=sampler, steps=steps, guidance=args.guidance,
+        gen = CCELLAGenerator.from_bundle(bundle, sampler=sampler, steps=steps, eta=eta, guidance=args.guidance,
                                           batch_size=args.batch_size)
         volumes, per_volume = [], []
         for start in range(0, args.n, args.batch_size):
@@ -89,32 +93,32 @@ def main() -> None:
         probs = np.concatenate([predict(x[i:i + 8]).numpy() for i in range(0, len(x), 8)])
         fidelity = conditioning_fidelity(probs, labels)
         evals = steps * (1 if args.guidance == 1.0 else 2)
-        rows.append({"model": kind, "sampler": sampler, "steps": steps, "network_evaluations": evals,
+        rows.append({"model": kind, "sampler": sampler, "steps": steps, "eta": eta, "network_evaluations": evals,
                      "s_per_volume": statistics.median(per_volume), "fid": fid(real_features, feats),
                      "kid_mean": k["mean"], "kid_std": k["std"], "fidelity_accuracy": fidelity.get("accuracy"),
                      "fidelity_auroc": fidelity.get("auroc")})
         r = rows[-1]
-        console.print(f"{sampler}-{steps}: {r['s_per_volume']:.3f} s/volume, FID {r['fid']:.4f}, "
+        console.print(f"{name}: {r['s_per_volume']:.3f} s/volume, FID {r['fid']:.4f}, "
                       f"fidelity acc {r['fidelity_accuracy']}")
 
     reference = next((r for r in rows if r["sampler"] == "ddpm"), None)
     table = Table(title=f"sampling: {args.n} volumes per sampler, batch {args.batch_size}, guidance {args.guidance}; "
                         f"FID/KID with {extractor.name}")
-    for col in ("model", "sampler", "steps", "NFE", "s/volume", "speed-up vs DDPM-1000", "FID", "FID vs DDPM",
+    for col in ("model", "sampler", "steps", "eta", "NFE", "s/volume", "speed-up vs DDPM-1000", "FID", "FID vs DDPM",
                 "KID", "fidelity acc", "fidelity AUROC"):
         table.add_column(col)
     for r in rows:
         speed = reference["s_per_volume"] / r["s_per_volume"] if reference else None
         rel = r["fid"] / reference["fid"] - 1 if reference else None
         r["speedup_vs_ddpm"], r["fid_rel_vs_ddpm"] = speed, rel
-        table.add_row(r["model"], r["sampler"], str(r["steps"]), str(r["network_evaluations"]),
+        table.add_row(r["model"], r["sampler"], str(r["steps"]), f"{r['eta']:g}", str(r["network_evaluations"]),
                       f"{r['s_per_volume']:.3f}", "-" if speed is None else f"{speed:.0f}x", f"{r['fid']:.4f}",
                       "-" if rel is None else f"{rel:+.0%}", f"{r['kid_mean']:.4f}",
                       "-" if r["fidelity_accuracy"] is None else f"{r['fidelity_accuracy']:.2f}",
                       "-" if r["fidelity_auroc"] is None else f"{r['fidelity_auroc']:.2f}")
     console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "bench_sampling.json"
+    out = RESULTS / ("bench_sampling.json" if args.guidance == 1.0 else f"bench_sampling_guidance{args.guidance:g}.json")
     out.write_text(json.dumps({"rows": rows, "extractor": extractor.name, "fid_noise_floor": floor,
                                "held_out": len(held_out), "n": args.n, "guidance": args.guidance,
                                "machine": platform.platform(), "cpus": os.cpu_count(),

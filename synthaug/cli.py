@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-source", choices=["train", "template", "empty"],
                    help="where reports come from when --report is not given (default: train)")
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: 1000 ddpm, 20 ddim/dpm++, 30 flow)")
-    p.add_argument("--eta", type=float, help="DDIM noise (default 0: deterministic)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: all training steps for ddpm, 20 ddim/dpm++, 30 flow)")
+    p.add_argument("--eta", type=float, help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = unguided)")
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: use --label")

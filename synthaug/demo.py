@@ -36,7 +36,7 @@ class DemoPlan:
     autoencoder_steps: int = 120
     ldm_steps: int = 800
     synthetic: int = 64  # minimum cache size; the demo makes enough for its largest ratio (half per class)
-    sampler: str = "dpm++"
+    sampler: str = "ddim"  # with the default eta 1: DDPM-1000's FID at 20 steps (benchmarks/bench_sampling.py)
     sampler_steps: int = 20
     evaluate_max: int = 48
     fidelity_epochs: int = 12
@@ -62,7 +62,7 @@ class DemoPlan:
             "voxels (60/20/20 train/val/test, label-stratified); the generator sees the train split only.",
             f"Generator: tiny preset, VAE {self.autoencoder_steps} steps, LDM {self.ldm_steps} steps (the paper "
             "trains for days on GPUs; this is a few minutes on a CPU, so expect blurry volumes).",
-            f"Cache: enough volumes for the largest ratio (half per class), {self.sampler} with {self.sampler_steps} steps, "
+            f"Cache: enough volumes for the largest ratio (half per class), {self.sampler} (eta 1) with {self.sampler_steps} steps, "
             "reports drawn from the training reports of the requested class.",
             f"Classifier: {self.model} (the paper's EfficientNet-B0 costs ~1 s per step of 8 volumes here) on a "
             f"centred {'x'.join(map(str, self.crop)) if self.crop else 'full'} voxel box around the gland, "

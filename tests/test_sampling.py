@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from synthaug.config import DiffusionConfig
+from synthaug.config import DiffusionConfig, SampleConfig
 from synthaug.errors import InputError
 from synthaug.ldm.sampling import DEFAULT_STEPS, build_sampler, resolve_sampler, training_scheduler, training_target
 
@@ -96,8 +96,9 @@ def test_flow_training_target_is_the_straight_path_velocity():
 
 
 def test_sampler_choice_and_bad_settings():
-    assert resolve_sampler("auto", "eps") == "dpm++" and resolve_sampler("auto", "flow") == "flow"
-    assert build_sampler("auto", DiffusionConfig()).steps == DEFAULT_STEPS["dpm++"]
+    assert resolve_sampler("auto", "eps") == "ddim" and resolve_sampler("auto", "flow") == "flow"
+    assert resolve_sampler("auto", "v") == "ddim" and SampleConfig().eta == 1.0  # stochastic DDIM by default
+    assert build_sampler("auto", DiffusionConfig()).steps == DEFAULT_STEPS["ddim"]
     assert build_sampler("ddpm", DiffusionConfig()).steps == 1000
     short = DiffusionConfig(num_train_timesteps=16)  # defaults follow the model's own number of steps
     assert build_sampler("ddpm", short).steps == 16 and build_sampler("dpm++", short).steps == 16

@@ -29,9 +29,10 @@ DEFAULT_STEPS = {"ddpm": None, "ddim": 20, "dpm++": 20, "flow": 30}  # None: eve
 
 
 def resolve_sampler(name: str, prediction: str) -> str:
-    """``auto`` -> the fast default for the model's objective; refuses a sampler the objective cannot use."""
+    """``auto`` -> the fast default for the model's objective (flow, or DDIM with the configured eta; see
+    ``SampleConfig.eta``); refuses a sampler the objective cannot use."""
     if name == "auto":
-        return "flow" if prediction == "flow" else "dpm++"
+        return "flow" if prediction == "flow" else "ddim"
     if name not in SAMPLERS:
         raise InputError(f"unknown sampler {name!r}", where="sampler", fix=f"choose one of {', '.join(SAMPLERS)}")
     if (name == "flow") != (prediction == "flow"):

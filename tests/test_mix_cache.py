@@ -133,6 +133,25 @@ def test_verify_finds_corrupt_and_missing_volumes(small_cache, tmp_path):
     assert synthaug("cache", "verify", small_cache).returncode == 0
 
 
+def test_a_volume_recorded_by_another_writer_meanwhile_is_never_overwritten(generator, tmp_path, monkeypatch):
+    import synthaug.generate
+
+    first, second = SyntheticCache.create(tmp_path / "c", generator), SyntheticCache(tmp_path / "c")
+    write, raced = synthaug.generate.write_volume, []
+
+    def slow_write(volume, affine, path):  # the other writer records the same volume while this one writes
+        if not raced:
+            raced.append(True)
+            monkeypatch.setattr(synthaug.generate, "write_volume", write)
+            first.make(generator, [(0, 0)])
+        return write(volume + 1e-3, affine, path)  # e.g. another batch size: not the same bytes
+
+    monkeypatch.setattr(synthaug.generate, "write_volume", slow_write)
+    assert second.make(generator, [(0, 0)]) == []  # recorded by the other writer: nothing new
+    report = second.verify()
+    assert report.ok and report.volumes == 1 and not report.temp_files and not report.orphans
+
+
 def test_cache_info_shows_counts_reports_sampler_bundle_and_size(small_cache):
     done = synthaug("cache", "info", small_cache)
     info = SyntheticCache(small_cache).info()

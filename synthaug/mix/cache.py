@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -244,12 +245,18 @@ class SyntheticCache:
             self._rows, self._read_size = rows, size
         return self._rows
 
-    def _append(self, rows: Sequence[dict[str, Any]]) -> list[str]:
-        """Append rows whose id is not in the manifest yet, under the lock; returns the new ids."""
+    def _append(self, rows: Sequence[dict[str, Any]], staged: Mapping[str, Path] | None = None) -> list[str]:
+        """Append rows whose id is not in the manifest yet, under the lock; returns the new ids.
+
+        ``staged``: id -> a written volume file, renamed onto the row's ``file`` just before its line is added.
+        """
         file = self.path / MANIFEST_FILE
         with self._lock_for(self.path):
             present = self.rows(refresh=True)
             new = [r for r in rows if r["id"] not in present]
+            for r in new:
+                if staged and r["id"] in staged:
+                    os.replace(staged[r["id"]], self.path / r["file"])
             if new:
                 text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in new)
                 with open(file, "ab") as handle:
@@ -334,20 +341,27 @@ class SyntheticCache:
         out = generator.generate(labels, seeds=seeds)
         suffix = FILE_FORMATS[self.meta["file_format"]]
         present = self.rows(refresh=True)
-        rows = []
-        for (label, index), volume, record in zip(pairs, out.volumes, out.provenance):
-            row_id = volume_id(label, index)
-            if row_id in present:  # made with its batch again: the recorded file stays as it is
-                continue
-            relative = f"{VOLUMES_DIR}/{row_id}{suffix}"
-            write_volume(volume, out.affine, self.path / relative)
-            rows.append({
-                "id": row_id, "label": label, "requested_label": label, "predicted_prob": record["predicted_prob"],
-                "predicted_label": record["predicted_label"], "report": record["report"],
-                "report_source": record["report_source"], "seed": record["seed"], "file": relative,
-                "sha256": file_sha256(self.path / relative),
-            })
-        return self._append(rows)
+        rows, staged = [], {}
+        try:
+            for (label, index), volume, record in zip(pairs, out.volumes, out.provenance):
+                row_id = volume_id(label, index)
+                if row_id in present:  # made with its batch again: the recorded file stays as it is
+                    continue
+                # Written beside its final name first; _append moves it into place under the lock, so a
+                # file is never replaced after another writer recorded its sha256.
+                fd, temp = tempfile.mkstemp(prefix=f".{row_id}.", suffix=f".staged{suffix}", dir=self.path / VOLUMES_DIR)
+                os.close(fd)
+                staged[row_id] = write_volume(volume, out.affine, temp)
+                rows.append({
+                    "id": row_id, "label": label, "requested_label": label, "predicted_prob": record["predicted_prob"],
+                    "predicted_label": record["predicted_label"], "report": record["report"],
+                    "report_source": record["report_source"], "seed": record["seed"],
+                    "file": f"{VOLUMES_DIR}/{row_id}{suffix}", "sha256": file_sha256(staged[row_id]),
+                })
+            return self._append(rows, staged)
+        finally:
+            for temp in staged.values():  # those another writer recorded first, or left by an error
+                temp.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ checks
 

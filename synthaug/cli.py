@@ -184,8 +184,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             shutil.rmtree(tmp)
     table = Table(title="synthaug generate", show_header=False)
     for what, value in (("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
-                        ("sampler", f"{generator.sampler.name}, {generator.sampler.steps} steps, "
-                                    f"guidance {generator.guidance}, class from {generator.class_source}"),
+                        ("sampler", f"{generator.sampler.name}, {generator.sampler.steps} steps"
+                                    + (f", eta {generator.sampler.eta:g}" if generator.sampler.name == "ddim" else "")
+                                    + f", guidance {generator.guidance}, class from {generator.class_source}"),
                         ("bundle", generator.fingerprint[:16]), ("written to", str(out))):
         table.add_row(what, value)
     console.print(table)
@@ -277,7 +278,8 @@ def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
              + ")"), ("made now", None if made is None else str(made)),
             ("reports", f"{info['distinct_reports']} distinct; sources {info['report_sources']}"),
             ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
-            ("sampler", f"{g['sampler']} x {g['steps']}, guidance {g['guidance']}, class from {g['class_source']}"),
+            ("sampler", f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
+             + f", guidance {g['guidance']}, class from {g['class_source']}"),
             ("bundle", info["bundle_fingerprint"][:16]), ("format", f"{info['file_format']} {info['shape']}"),
             ("size on disk", f"{info['bytes'] / 2**20:.1f} MiB")]
     for what, value in rows:

@@ -155,6 +155,7 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (out / "provenance.jsonl").read_text().splitlines()]
     assert [r["seed"] for r in rows] == [7, 8, 9] and all(r["label"] == 1 and r["guidance"] == 2.0 for r in rows)
+    assert all(r["eta"] == 1.0 for r in rows) and "ddim, 2 steps, eta 1, guidance 2.0" in done.stdout  # the default eta
     volume = read_volume(out / rows[0]["file"])
     assert volume.array.shape == (32, 32, 16) and np.allclose(np.diag(volume.affine)[:3], [3.0, 3.0, 6.0])
     assert (out / "montage.png").read_bytes()[:4] == b"\x89PNG"

@@ -158,7 +158,7 @@ def test_cache_info_shows_counts_reports_sampler_bundle_and_size(small_cache):
     assert done.returncode == 0, done.stderr
     out = " ".join(done.stdout.split())  # rich may wrap the table
     assert f"{info['volumes']} (label 0: {info['per_class']['0']}, label 1: {info['per_class']['1']})" in out
-    assert f"{info['distinct_reports']} distinct" in out and "ddim x 2" in out
+    assert f"{info['distinct_reports']} distinct" in out and "ddim x 2, eta 1," in out
     assert info["bundle_fingerprint"][:16] in out and "MiB" in out
 
 

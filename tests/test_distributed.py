@@ -80,3 +80,22 @@ def test_fit_under_torchrun_keeps_the_ranks_in_step(tmp_path):
     initial = build_model("tiny-cnn", in_channels=1, num_classes=2, seed=0).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # DDP kept both ranks identical
     assert any(not torch.equal(a[k], initial[k]) for k in a if a[k].is_floating_point())  # and they trained
+
+
+def test_epoch_shards_deal_one_global_order_to_the_ranks():
+    from classifiers.distributed import EpochShardSampler
+
+    for n, samples in ((10, None), (10, 25), (7, 7)):
+        shards = [EpochShardSampler(n, samples, seed=3, rank=r, world=2) for r in range(2)]
+        for s in shards:
+            s.set_epoch(4)
+        a, b = (list(s) for s in shards)
+        assert len(a) == len(b) == len(shards[0]) == -(-(samples or n) // 2)  # equal shares, padded
+        one = EpochShardSampler(n, 2 * len(a), seed=3, rank=0, world=1)  # one process, the same global batch
+        one.set_epoch(4)
+        merged = [i for pair in zip(a, b) for i in pair]  # round-robin back into one order
+        assert merged == list(one)
+        counts = [merged.count(i) for i in range(n)]  # every item as often as the epoch asks, give or take one
+        assert max(counts) - min(counts) <= 1
+        shards[0].set_epoch(5)
+        assert list(shards[0]) != a  # a new order every epoch

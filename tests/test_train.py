@@ -164,3 +164,24 @@ def test_cli_train_writes_bundle_and_refuses_bad_input(phantom, tmp_path):
                           "manifest not found")
     assert_one_line_error(synthaug("train", "--data", phantom, "--out", tmp_path / "c", *sets,
                                    "--set", "adapter.heads=5"), "adapter", "divisible")
+
+
+def test_ema_warms_up_instead_of_keeping_the_initial_weights():
+    from torch.optim.swa_utils import AveragedModel
+
+    from synthaug.ldm.train import ema_with_warmup
+
+    model = torch.nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # training moves the weights once, then they stay
+    for _ in range(200):
+        ema.update_parameters(model)
+    # A fixed 0.999 would still hold 0.999^200 = 82% of the initial zeros; the warm-up forgets them.
+    assert float(ema.module.weight.detach().mean()) > 0.95
+    for _ in range(2000):
+        ema.update_parameters(model)
+    assert float(ema.module.weight.detach().mean()) == pytest.approx(1.0, abs=1e-4)

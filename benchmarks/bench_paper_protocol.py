@@ -28,7 +28,8 @@ PAPER_NOTE = "paper: real-only 69% accuracy -> real+synthetic 74%; synthetic-onl
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "ap")
 
 
-def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int, vae_steps: int) -> tuple[Path, Path]:
+def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int, vae_steps: int,
+               prediction: str = "eps") -> tuple[Path, Path]:
     """A phantom with exactly ``n_train`` training cases and a generator bundle trained on those only."""
     from synthaug.config import load_config
     from synthaug.data.phantom import write_phantom_dataset
@@ -37,7 +38,7 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
     n = n_train + n_val + n_test
     cfg = load_config(preset="tiny", overrides=[
         f"phantom.n_cases={n}", f"phantom.split_fractions=[{n_train / n}, {n_val / n}, {n_test / n}]",
-        f"train.steps={ldm_steps}", f"autoencoder.steps={vae_steps}"])
+        f"train.steps={ldm_steps}", f"autoencoder.steps={vae_steps}", f"diffusion.prediction={prediction}"])
     manifest = work / "phantom" / "manifest.jsonl"
     if not manifest.is_file():
         write_phantom_dataset(work / "phantom", cfg.data, cfg.phantom, overwrite=True)
@@ -47,14 +48,16 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
     return manifest, bundle
 
 
-def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, steps: int, guidance: float) -> list[dict]:
+def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, steps: int | None, eta: float | None,
+                    guidance: float) -> list[dict]:
     """One synthetic volume per real training case from its own report and label; cached in ``out``."""
     from synthaug.evaluate import paper_protocol_items
     from synthaug.generate import CCELLAGenerator
 
     provenance = out / "provenance.jsonl"
     if not provenance.is_file():
-        generator = CCELLAGenerator.from_bundle(bundle, sampler=sampler, steps=steps, guidance=guidance, batch_size=8)
+        generator = CCELLAGenerator.from_bundle(bundle, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
+                                                batch_size=8)
         paper_protocol_items(generator, real, out)
     rows = {r["case_id"]: r for r in map(json.loads, provenance.read_text().splitlines())}
     return [{"image": str(out / rows[c["case_id"]]["file"]), "label": c["label"],
@@ -70,8 +73,11 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--ldm-steps", type=int, default=2000)
     parser.add_argument("--vae-steps", type=int, default=300)
-    parser.add_argument("--sampler", default="dpm++")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prediction", default="eps", choices=("eps", "v", "flow"),
+                        help="the generator's training objective (eps: the reference)")
+    parser.add_argument("--sampler", default="auto", help="auto: the bundle's default (DDIM eta 1 for eps, flow for flow)")
+    parser.add_argument("--steps", type=int, help="default: the sampler's (20 for DDIM, 30 for flow)")
+    parser.add_argument("--eta", type=float, help="DDIM noise (default: the bundle's, 1)")
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--model", default="efficientnet-b0")
     parser.add_argument("--seeds", type=int, default=5)
@@ -97,11 +103,13 @@ def main() -> None:
     console = Console(width=max(Console().width, 160))
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps)
+    manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps,
+                                        args.prediction)
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
     assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"
-    twins = synthetic_twins(bundle, real, args.work / "synthetic", args.sampler, args.steps, args.guidance)
+    twins = synthetic_twins(bundle, real, args.work / "synthetic", args.sampler, args.steps, args.eta,
+                             args.guidance)
     console.print(f"data + generator + {len(twins)} synthetic twins ready in {time.perf_counter() - started:.0f} s")
     crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
     store = VolumeStore(load_bundle(bundle, verify=False).config.data, crop)

@@ -204,8 +204,8 @@ class SampleConfig(_Section):
 
     sampler: Sampler = "auto"  # auto: ddim for eps/v models, flow for flow models
     steps: int | None = Field(None, ge=1)  # None: every training step for ddpm, 20 for ddim/dpm++, 30 for flow
-    # DDIM noise: 1 = DDPM's posterior variance, which keeps DDPM-1000's FID at 10-20 steps where the
-    # deterministic samplers (eta 0, dpm++) lose 26-28% (benchmarks/bench_sampling.py); 0 = deterministic DDIM.
+    # DDIM noise: 1 = DDPM's posterior variance, which matches DDPM-1000's FID at 10-20 steps where the
+    # deterministic samplers (eta 0, dpm++) lose 65-84% (benchmarks/bench_sampling.py); 0 = deterministic DDIM.
     eta: float = Field(1.0, ge=0.0)
     guidance: float = Field(1.0, ge=0.0)  # classifier-free guidance scale; 1 = the unguided model
     class_source: Literal["report", "label"] = "report"  # report: the adapter's prediction (reference)

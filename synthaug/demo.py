@@ -36,7 +36,11 @@ class DemoPlan:
     autoencoder_steps: int = 120
     ldm_steps: int = 800
     synthetic: int = 64  # minimum cache size; the demo makes enough for its largest ratio (half per class)
-    sampler: str = "ddim"  # with the default eta 1: DDPM-1000's FID at 20 steps (benchmarks/bench_sampling.py)
+    # Rectified flow, not the reference's eps: after minutes of CPU training an eps model predicts the noise
+    # so poorly at the highest noise levels that its samples come out as saturated blobs, while a flow model's
+    # show the phantom's layout (benchmarks/README.md, bench_sampling.py).
+    prediction: str = "flow"
+    sampler: str = "auto"  # the objective's default: flow for flow, DDIM with eta 1 for eps/v
     sampler_steps: int = 20
     evaluate_max: int = 48
     fidelity_epochs: int = 12
@@ -53,7 +57,16 @@ class DemoPlan:
         shape = list(self.image_shape)
         return [f"data.image_shape={shape}", f"phantom.n_cases={self.n_cases}",
                 f"autoencoder.steps={self.autoencoder_steps}", f"train.steps={self.ldm_steps}",
-                f"train.checkpoint_every={max(self.ldm_steps, 1)}", *self.extra_train]
+                f"train.checkpoint_every={max(self.ldm_steps, 1)}", f"diffusion.prediction={self.prediction}",
+                *self.extra_train]
+
+    @property
+    def sampler_label(self) -> str:
+        """The sampler in words: ``auto`` resolved for the objective, DDIM with its (default) eta."""
+        from synthaug.ldm.sampling import resolve_sampler
+
+        name = resolve_sampler(self.sampler, self.prediction)
+        return f"{name} (eta 1)" if name == "ddim" else name
 
     def choices(self) -> list[str]:
         """The decisions a reader needs to judge the numbers, in words."""
@@ -61,9 +74,12 @@ class DemoPlan:
             f"Phantom: {self.n_cases} cases at {self.image_shape[0]}x{self.image_shape[1]}x{self.image_shape[2]} "
             "voxels (60/20/20 train/val/test, label-stratified); the generator sees the train split only.",
             f"Generator: tiny preset, VAE {self.autoencoder_steps} steps, LDM {self.ldm_steps} steps (the paper "
-            "trains for days on GPUs; this is a few minutes on a CPU, so expect blurry volumes).",
-            f"Cache: enough volumes for the largest ratio (half per class), {self.sampler} (eta 1) with {self.sampler_steps} steps, "
-            "reports drawn from the training reports of the requested class.",
+            "trains for days on GPUs; this is a few minutes on a CPU, so expect blurry volumes)"
+            + (", trained with the rectified-flow objective instead of the reference's eps: after minutes of "
+               "CPU training eps samples are noise-like blobs, flow samples show the layout (benchmarks/README.md)."
+               if self.prediction == "flow" else f", {self.prediction} objective."),
+            f"Cache: enough volumes for the largest ratio (half per class), {self.sampler_label} with "
+            f"{self.sampler_steps} steps, reports drawn from the training reports of the requested class.",
             f"Classifier: {self.model} (the paper's EfficientNet-B0 costs ~1 s per step of 8 volumes here) on a "
             f"centred {'x'.join(map(str, self.crop)) if self.crop else 'full'} voxel box around the gland, "
             f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}, focal loss, MONAI augmentation; "

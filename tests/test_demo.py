@@ -34,6 +34,11 @@ def test_quick_demo_writes_every_artefact(quick_demo):
     held_out = [json.loads(line)["case_id"] for line in (quick_demo / "phantom" / "manifest.jsonl").read_text()
                 .splitlines() if '"split": "train"' not in line]
     assert not set(cache_ids) & set(held_out)  # the generator never saw a validation or test case
+    # the demo's generator is trained with rectified flow and its cache sampled with the flow sampler
+    bundle_config = json.loads((quick_demo / "bundle" / "config.json").read_text())["config"]
+    assert bundle_config["diffusion"]["prediction"] == "flow"
+    assert json.loads((quick_demo / "cache" / "cache.json").read_text())["generator"]["sampler"] == "flow"
+    assert "rectified-flow objective" in (quick_demo / "report.md").read_text()
 
 
 def test_report_table_matches_summary(quick_demo):

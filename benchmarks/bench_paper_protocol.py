@@ -43,7 +43,14 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
     if not manifest.is_file():
         write_phantom_dataset(work / "phantom", cfg.data, cfg.phantom, overwrite=True)
     bundle = work / "bundle"
-    if not (bundle / "fingerprint").is_file():
+    if (bundle / "fingerprint").is_file():
+        from synthaug.ldm.bundle import read_bundle_info
+
+        made_with = read_bundle_info(bundle, verify=False)[0]["config"]["diffusion"]["prediction"]
+        if made_with != prediction:
+            raise SystemExit(f"{bundle} was trained with prediction {made_with!r}, not {prediction!r}: "
+                             "pass another --work folder")
+    else:
         train_generator(manifest, bundle, cfg, work_dir=work / "bundle.work", overwrite=True)
     return manifest, bundle
 
@@ -67,7 +74,7 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, ste
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=RESULTS / "paper_protocol", help="data, bundle and volumes")
+    parser.add_argument("--work", type=Path, help="data, bundle and volumes (default: results/paper_protocol_PREDICTION)")
     parser.add_argument("--n-train", type=int, default=50)
     parser.add_argument("--n-val", type=int, default=50)
     parser.add_argument("--n-test", type=int, default=100)
@@ -101,6 +108,7 @@ def main() -> None:
     from synthaug.sweep_report import mean_ci
 
     console = Console(width=max(Console().width, 160))
+    args.work = args.work or RESULTS / f"paper_protocol_{args.prediction}"
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps,
@@ -108,7 +116,7 @@ def main() -> None:
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
     assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"
-    twins = synthetic_twins(bundle, real, args.work / "synthetic", args.sampler, args.steps, args.eta,
+    twins = synthetic_twins(bundle, real, args.work / f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}", args.sampler, args.steps, args.eta,
                              args.guidance)
     console.print(f"data + generator + {len(twins)} synthetic twins ready in {time.perf_counter() - started:.0f} s")
     crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None

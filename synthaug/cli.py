@@ -7,6 +7,8 @@ User mistakes (``synthaug.errors.InputError``) print one line and exit with code
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -147,8 +149,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from synthaug.metrics.montage import save_volumes
     from synthaug.report import progress_bar
 
-    if args.n < 1:
-        raise InputError(f"--n must be >= 1, got {args.n}", where="--n", fix="ask for at least one volume")
     labels = _labels_for(args.label, args.n)
     out: Path = args.out
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -157,7 +157,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generator = CCELLAGenerator.from_bundle(
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, eta=args.eta,
         guidance=args.guidance, ema=not args.no_ema, class_source=args.class_source,
-        report_source=args.report_source, batch_size=args.batch_size)
+        report_source=args.report_source, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     reports = [args.report] * args.n if args.report is not None else None
     console = _console()
     with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
@@ -244,7 +244,6 @@ def _torchrun_shard() -> tuple[int, int] | None:
 def cmd_pregenerate(args: argparse.Namespace) -> int:
     import os
 
-    from synthaug.errors import InputError
     from synthaug.generate import CCELLAGenerator
     from synthaug.mix.cache import SyntheticCache, class_counts
     from synthaug.report import progress_bar
@@ -253,12 +252,11 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     balance = _class_balance(args.class_balance)
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-    if args.n < 1:
-        raise InputError(f"--n must be >= 1, got {args.n}", where="--n", fix="ask for at least one volume")
     counts = class_counts(args.n, balance)
     generator = CCELLAGenerator.from_bundle(
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-        class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size)
+        class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code)
     cache = SyntheticCache.create(args.out, generator, file_format=args.format, seed=args.seed,
                                   allow_foreign=args.allow_foreign)
     console = _console()
@@ -301,10 +299,13 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     report = SyntheticCache(args.cache).verify()
     console = _console()
     problems = [("missing files", report.missing), ("corrupt files (sha256)", report.corrupt),
-                ("duplicate ids", report.duplicates), ("unreadable manifest lines", report.bad_lines)]
+                ("duplicate ids", report.duplicates), ("invalid manifest lines", report.bad_lines)]
     for what, found in problems:
         if found:
             console.print(f"[red]{what}:[/red] {len(found)} (first: {', '.join(map(str, found[:5]))})")
+    if report.bad_lines:
+        first = report.bad_lines[0]
+        console.print(f"manifest line {first} {report.why[first]}", markup=False)
     for what, found in (("files without a manifest line", report.orphans), ("temporary files", report.temp_files)):
         if found:
             console.print(f"{what} (harmless, left by killed writers): {len(found)}")
@@ -327,10 +328,13 @@ def _ratios(text: str) -> list:
             out.append(part)
             continue
         try:
-            out.append(float(part))
+            value = float(part)
         except ValueError:
-            raise InputError(f"ratio {part!r} is not a number or {SYNTHETIC_ONLY}", where="--ratios",
-                             fix="e.g. --ratios 0,0.5,1,2,synthetic-only") from None
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"ratio {part!r} is not a finite number >= 0 or {SYNTHETIC_ONLY}", where="--ratios",
+                             fix="e.g. --ratios 0,0.5,1,2,synthetic-only")
+        out.append(value)
     return out
 
 
@@ -359,8 +363,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         ratio_min, ratio_max = float(low), float(high)
     except ValueError:
-        raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX", where="--ratio-range",
-                         fix="e.g. --ratio-range 0.1:4") from None
+        ratio_min = ratio_max = math.nan
+    if not (math.isfinite(ratio_min) and math.isfinite(ratio_max)):
+        raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX (finite numbers)", where="--ratio-range",
+                         fix="e.g. --ratio-range 0.1:4")
     settings = SweepSettings(
         ratios=_ratios(args.ratios), search=args.search, ratio_min=ratio_min, ratio_max=ratio_max,
         n_trials=args.trials, tune_lr=args.tune_lr, tune_epochs=args.tune_epochs, seeds=args.seeds,
@@ -435,15 +441,16 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from synthaug import __version__
+    from synthaug import cli_types as T
 
     parser = _Parser(prog="synthaug", description="Synthetic 3D MRI (CCELLA latent diffusion) for classifier training.")
     parser.add_argument("--version", action="version", version=f"synthaug {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("phantom", help="write the procedural prostate-MRI phantom dataset + manifest")
-    p.add_argument("--out", type=Path, required=True, help="output folder (images/ + manifest.jsonl)")
-    p.add_argument("--n", type=int, help="number of cases (default: phantom.n_cases = 200)")
-    p.add_argument("--seed", type=int, help="random seed (default: phantom.seed = 0)")
+    p.add_argument("--out", type=T.out_folder, required=True, help="output folder (images/ + manifest.jsonl)")
+    p.add_argument("--n", type=T.count(1), help="number of cases (default: phantom.n_cases = 200)")
+    p.add_argument("--seed", type=T.count(0), help="random seed (default: phantom.seed = 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_options(p)
     p.set_defaults(func=cmd_phantom)
@@ -458,68 +465,74 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("picai", help="PI-CAI layout (images/*.mha + marksheet.csv) -> manifest")
     p.add_argument("--images", type=Path, required=True, help="folder with {patient_id}/{patient_id}_{study_id}_t2w.mha")
     p.add_argument("--labels", type=Path, required=True, help="picai_labels folder (clinical_information/marksheet.csv)")
-    p.add_argument("--out", type=Path, required=True, help="manifest to write (.jsonl or .csv)")
+    p.add_argument("--out", type=T.out_file, required=True, help="manifest to write (.jsonl or .csv)")
     p.add_argument("--label-rule", choices=["pirads3", "pirads4", "cspca"], help="default: data.label_rule (pirads3)")
     p.add_argument("--modalities", default="t2w,adc,hbv", help="comma-separated, t2w first (default: t2w,adc,hbv)")
     p.add_argument("--splits", type=Path, help="picai_baseline-style splits.json (list of {train, val})")
-    p.add_argument("--fold", type=int, default=0, help="fold of --splits to use (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the split and report phrasing")
+    p.add_argument("--fold", type=T.count(0), default=0, help="fold of --splits to use (default 0)")
+    p.add_argument("--seed", type=T.count(0), default=0, help="seed for the split and report phrasing")
     p.add_argument("--skip-missing", action="store_true", help="skip marksheet cases without images")
     _add_config_options(p)
     p.set_defaults(func=cmd_picai)
 
     p = sub.add_parser("train", help="train the CCELLA generator (VAE, then LDM) and write a bundle")
     p.add_argument("--data", type=Path, required=True, help="manifest; its 'train' split is used")
-    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--out", type=T.out_folder, required=True, help="bundle folder to write")
     p.add_argument("--autoencoder", type=Path, help="a trained bundle or autoencoder .safetensors to reuse")
-    p.add_argument("--work", type=Path, help="folder for caches and checkpoints (default: OUT.work)")
+    p.add_argument("--work", type=T.out_folder, help="folder for caches and checkpoints (default: OUT.work)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle / discard checkpoints")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="sample volumes from a trained bundle: NIfTI + provenance.jsonl + montage.png")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--n", type=int, default=4, help="number of volumes (default 4)")
+    p.add_argument("--out", type=T.out_folder, required=True, help="output folder")
+    p.add_argument("--n", type=T.count(1), default=4, help="number of volumes (default 4)")
     p.add_argument("--label", default="both", help="0, 1 or both (alternating; default)")
     p.add_argument("--report", help="one report for every volume (default: the report source)")
     p.add_argument("--report-source", choices=["train", "template", "empty"],
                    help="where reports come from when --report is not given (default: train)")
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: all training steps for ddpm, 20 ddim/dpm++, 30 flow)")
-    p.add_argument("--eta", type=float, help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1 = unguided)")
+    p.add_argument("--steps", type=T.count(1), help="sampling steps (default: all training steps for ddpm, 20 ddim/dpm++, 30 flow)")
+    p.add_argument("--eta", type=T.finite(0), help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
+    p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1 = unguided)")
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: use --label")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed+i")
-    p.add_argument("--batch-size", type=int, help="volumes per batch (default: the bundle's, 4)")
+    p.add_argument("--seed", type=T.count(0), default=0, help="seed of the first volume; volume i uses seed+i")
+    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 4)")
     p.add_argument("--no-ema", action="store_true", help="use the raw LDM weights instead of the EMA ones")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
+                        "only for a model folder you trust)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("pregenerate", help="fill a synthetic cache from a bundle (resumable, shardable)")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
-    p.add_argument("--out", type=Path, required=True, help="cache folder (created, or resumed)")
-    p.add_argument("--n", "--volumes", dest="n", type=int, required=True,
+    p.add_argument("--out", type=T.out_folder, required=True, help="cache folder (created, or resumed)")
+    p.add_argument("--n", "--volumes", dest="n", type=T.count(1), required=True,
                    help="volumes in the cache when every shard is done (under torchrun write --volumes: torchrun "
                         "reads --n as one of its own options)")
     p.add_argument("--class-balance", default="equal", help="equal (default) or weights, e.g. 0:1,1:2")
     p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder); "
                                    "under torchrun the default is RANK/WORLD_SIZE")
-    p.add_argument("--batch-size", type=int, help="volumes per batch (default: the bundle's, 4)")
+    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 4)")
     p.add_argument("--format", choices=["nifti-gz", "nifti"], default="nifti-gz",
                    help="nifti-gz (default, smaller) or nifti (uncompressed, faster to load)")
-    p.add_argument("--seed", type=int, default=0, help="cache seed: volume seeds derive from it (default 0)")
+    p.add_argument("--seed", type=T.count(0), default=0, help="cache seed: volume seeds derive from it (default 0)")
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the sampler's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 1)")
+    p.add_argument("--steps", type=T.count(1), help="sampling steps (default: the sampler's)")
+    p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1)")
     p.add_argument("--class-source", choices=["report", "label"], help="default: report")
     p.add_argument("--report-source", choices=["train", "template", "empty"], help="default: train")
     p.add_argument("--allow-foreign", action="store_true", help="write into a cache made by another bundle")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
+                        "only for a model folder you trust)")
+    p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     p.set_defaults(func=cmd_pregenerate)
 
     cache = sub.add_parser("cache", help="synthetic cache tools").add_subparsers(dest="cache_command", metavar="COMMAND",
@@ -536,42 +549,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", type=Path, required=True, help="manifest of the real data")
     p.add_argument("--split", default="test", help="real split to compare with (default: test)")
     p.add_argument("--synthetic", type=Path, help="cache folder (synthaug pregenerate)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=T.out_folder, required=True, help="output folder")
     p.add_argument("--paper-protocol", action="store_true",
                    help="instead of a cache: one synthetic volume per real case of --split, from its report (--bundle)")
     p.add_argument("--bundle", type=Path, help="bundle for --paper-protocol")
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="for --paper-protocol")
-    p.add_argument("--steps", type=int, help="for --paper-protocol")
-    p.add_argument("--guidance", type=float, help="for --paper-protocol")
-    p.add_argument("--device", help="for --paper-protocol generation: cpu or cuda[:N]")
+    p.add_argument("--steps", type=T.count(1), help="for --paper-protocol")
+    p.add_argument("--guidance", type=T.finite(0), help="for --paper-protocol")
+    p.add_argument("--device", type=T.device, help="for --paper-protocol generation: cpu or cuda[:N]")
     p.add_argument("--medicalnet", type=Path, help="MedicalNet ResNet-50 weights (local file) for 3D FID")
     p.add_argument("--radimagenet", type=Path, help="RadImageNet ResNet-50 weights (local file) for 2.5D FID")
     p.add_argument("--fidelity-model", default="tiny-cnn",
                    help="classifier trained on real train/val to score conditioning fidelity, or none")
-    p.add_argument("--fidelity-epochs", type=int, default=10)
-    p.add_argument("--max-synthetic", type=int, help="evaluate at most this many cache volumes (evenly spaced)")
+    p.add_argument("--fidelity-epochs", type=T.count(1), default=10)
+    p.add_argument("--max-synthetic", type=T.count(1), help="evaluate at most this many cache volumes (evenly spaced)")
     p.add_argument("--resize", action="store_true", help="resample volumes of another shape instead of refusing")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="Optuna study of the synthetic:real ratio -> classifier metrics, with statistics")
     p.add_argument("--data", type=Path, required=True, help="manifest with train, val and test splits")
     p.add_argument("--synthetic", type=Path, required=True, help="cache folder (pregenerate) or bundle folder")
-    p.add_argument("--out", type=Path, required=True, help="output folder (study.db, trials.csv, report.md, ...)")
+    p.add_argument("--out", type=T.out_folder, required=True, help="output folder (study.db, trials.csv, report.md, ...)")
     p.add_argument("--ratios", default="0,0.25,0.5,1,2,4,synthetic-only", help="grid (default: %(default)s)")
     p.add_argument("--search", choices=["grid", "tpe"], default="grid", help="grid (default) or TPE on a log range")
     p.add_argument("--ratio-range", help="MIN:MAX for --search tpe (default 0.1:4)")
-    p.add_argument("--trials", type=int, default=10, help="trials for --search tpe (default 10)")
+    p.add_argument("--trials", type=T.count(1), default=10, help="trials for --search tpe (default 10)")
     p.add_argument("--tune-lr", action="store_true", help="also search the learning rate")
     p.add_argument("--tune-epochs", action="store_true", help="also search the number of epochs")
-    p.add_argument("--seeds", type=int, default=5, help="classifiers per ratio (default 5)")
+    p.add_argument("--seeds", type=T.count(1), default=5, help="classifiers per ratio (default 5)")
     p.add_argument("--model", default="efficientnet-b0", help="classifier (default: efficientnet-b0, the paper's)")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--epochs", type=T.count(1), default=30)
+    p.add_argument("--batch-size", type=T.count(1), default=4)
+    p.add_argument("--lr", type=T.finite(0, above=True), default=1e-4)
+    p.add_argument("--patience", type=T.count(1), default=10, help="early-stopping patience in epochs")
     p.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels (default: all)")
     p.add_argument("--no-prune", action="store_true", help="train every seed of every ratio (no median pruner)")
-    p.add_argument("--samples-per-epoch", type=int,
+    p.add_argument("--samples-per-epoch", type=T.count(0),
                    help="items per epoch for every ratio, so that ratios get equal optimiser steps "
                         "(default: 2 x the real training items; 0: one pass over each ratio's set)")
     p.add_argument("--metric", default="auroc", help="validation metric that selects models and ranks ratios")
@@ -581,13 +594,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in --out)")
     p.add_argument("--study-name", default="synthaug-sweep")
     p.add_argument("--allow-leakage", action="store_true", help="accept a generator trained on val/test cases")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--device", type=T.device_or_auto, default="auto", help="auto (default), cpu or cuda[:N]")
     _add_config_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="everything on the embedded phantom on a CPU: data, train, pregenerate, "
                                     "evaluate, sweep, report")
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    p.add_argument("--out", type=T.out_folder, default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--quick", action="store_true", help="~2 minutes: fewer cases, steps and seeds; same stages")
     p.add_argument("--force", action="store_true", help="redo every stage (default: reuse finished ones)")
     p.set_defaults(func=cmd_demo)
@@ -601,23 +614,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_paths(args: argparse.Namespace) -> list[Path | None]:
+    """The files and folders a command writes (train's default work folder included)."""
+    out, work = getattr(args, "out", None), getattr(args, "work", None)
+    if args.func is cmd_train and work is None and out is not None:
+        work = out.with_name(out.name + ".work")
+    return [out, work]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``synthaug`` and ``python -m synthaug``; returns the exit code."""
+    """Entry point of ``synthaug`` and ``python -m synthaug``; returns the exit code.
+
+    The one guard between a user and a traceback: ``SynthaugError`` becomes one line and its exit code;
+    an input error (exit 2) also removes the output folders this command created, so a refused command
+    leaves nothing behind. An interrupted command keeps them (checkpoints there resume with --resume).
+    """
+    # Before torch (imported lazily below) starts OpenMP: idle threads sleep instead of spinning, so a shared
+    # CPU is not burnt in spin-waits (benchmarks/bench_contention.py). An explicit OMP_WAIT_POLICY wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
-    if func is None:  # a command group without its subcommand, or nothing at all
-        parser.parse_args([args.command, "--help"] if args.command else ["--help"])
+    try:  # usage errors, --help and --version end here with their exit code (called as a function too)
+        args = parser.parse_args(argv)
+        func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+        if func is None:  # a command group without its subcommand, or nothing at all
+            parser.parse_args([args.command, "--help"] if args.command else ["--help"])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    from synthaug.cli_types import new_paths, remove_new
     from synthaug.errors import SynthaugError
 
+    created = new_paths(_output_paths(args))
     try:
         return func(args)
     except SynthaugError as exc:
         sys.stderr.write(f"synthaug: error: {exc.message}\n")
+        if exc.exit_code == EXIT_BAD_INPUT:
+            remove_new(created)
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("synthaug: interrupted\n")
         return 130
+    except OSError as exc:  # the file system said no (disk full, permissions, a path that vanished)
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"synthaug: error: {where}{exc.strerror or exc}; check the path, its permissions and "
+                         "free space, then run the command again\n")
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,7 +25,8 @@ LabelRule = Literal["pirads3", "pirads4", "cspca"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float setting, in every section, refuses NaN and +-inf in one place.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class NormalisationConfig(_Section):
@@ -119,7 +120,9 @@ class TextConfig(_Section):
     max_tokens: int = Field(128, ge=8, le=8192)
     truncate_side: Literal["left", "right"] = "left"  # left keeps the END of long reports (the reference)
     batch_size: int = Field(32, ge=1)
-    trust_remote_code: bool = False  # only if the user asks
+    # Runs the model folder's own Python code. Only the user's own command line turns it on (--set or
+    # --trust-remote-code): a config file, a bundle or a cache never does (README, "Trust model").
+    trust_remote_code: bool = False
 
 
 class AutoencoderConfig(_Section):
@@ -212,6 +215,14 @@ class SampleConfig(_Section):
     report_source: Literal["train", "template", "empty"] = "train"  # reports used when none are given
     batch_size: int = Field(4, ge=1)
     decode_splits: int = Field(1, ge=1)  # split the VAE decoder's work along one axis (MAISI) to save memory
+
+    def with_options(self, **options: Any) -> SampleConfig:
+        """A copy with the options that are not None, validated like a config file (one place for every check)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        try:
+            return SampleConfig.model_validate({**self.model_dump(), **given})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, prefix="sample"), fix="see `synthaug generate --help`") from exc
 
 
 class LossConfig(_Section):
@@ -348,13 +359,19 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, prefix: str = "") -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = ".".join(str(p) for p in [*([prefix] if prefix else []), *err["loc"]]) or "config"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown setting"
     return f"{loc}: {msg}" + (f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else "")
+
+
+def _asks_for_code(data: dict[str, Any]) -> bool:
+    """Whether a mapping read from a file turns on a setting that makes a library run code."""
+    text = data.get("text")
+    return isinstance(text, dict) and bool(text.get("trust_remote_code"))
 
 
 def load_config(
@@ -367,6 +384,10 @@ def load_config(
     name = preset or file_data.get("preset") or "tiny"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}", where="preset", fix=f"choose one of {', '.join(PRESETS)}")
+    if path is not None and _asks_for_code(file_data):
+        raise ConfigError("a config file cannot set text.trust_remote_code: it would run the text model's own code",
+                          where=str(path), fix="remove it from the file; if you trust the model folder, pass "
+                                               "--set text.trust_remote_code=true on your own command line")
     data = _merge(PRESETS[name], file_data)
     for text in overrides:
         data = _merge(data, parse_override(text))

@@ -50,3 +50,9 @@ class PicaiError(InputError):
 
 class GenerationError(SynthaugError):
     """Generating synthetic volumes failed (not the user's input: the CLI exits with code 1)."""
+
+
+class TrainingInterrupted(SynthaugError):
+    """SIGINT/SIGTERM arrived during training; a checkpoint was written and ``--resume`` continues from it."""
+
+    exit_code = 130

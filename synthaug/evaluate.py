@@ -100,6 +100,8 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
 
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}", where="--split", fix=f"choose one of {', '.join(SPLITS)}")
+    if max_synthetic is not None and max_synthetic < 1:
+        raise InputError(f"must be >= 1, got {max_synthetic}", where="--max-synthetic", fix="evaluate at least one volume")
     manifest = load_manifest(manifest_path)
     real_cases = manifest.items(split)
     out = Path(out)

@@ -30,9 +30,6 @@ from synthaug.ldm.autoencoder import decode_latents
 from synthaug.ldm.bundle import Bundle, load_bundle
 from synthaug.ldm.sampling import Conditioning, build_sampler, label_probs, predicted_class_probs, sample_latents
 
-REPORT_SOURCES = ("train", "template", "empty")
-CLASS_SOURCES = ("report", "label")
-
 
 @dataclass
 class Generated:
@@ -55,27 +52,16 @@ class CCELLAGenerator:
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
                  ema: bool = True, class_source: str | None = None, report_source: str | None = None,
                  batch_size: int | None = None, text_encoder=None) -> None:  # noqa: ANN001
-        defaults = bundle.config.sample
+        settings = bundle.config.sample.with_options(
+            sampler=sampler, steps=steps, eta=eta, guidance=guidance, class_source=class_source,
+            report_source=report_source, batch_size=batch_size)
         self.bundle = bundle
         self.device = torch.device(device)
-        self.guidance = float(defaults.guidance if guidance is None else guidance)
-        self.class_source = class_source or defaults.class_source
-        self.report_source = report_source or defaults.report_source
-        self.batch_size = int(batch_size or defaults.batch_size)
-        if self.guidance < 0:
-            raise InputError(f"must be >= 0, got {self.guidance}", where="guidance",
-                             fix="use 1 for no guidance, larger values for stronger conditioning")
-        if self.class_source not in CLASS_SOURCES:
-            raise InputError(f"unknown class source {self.class_source!r}", where="class_source",
-                             fix=f"choose one of {', '.join(CLASS_SOURCES)}")
-        if self.report_source not in REPORT_SOURCES:
-            raise InputError(f"unknown report source {self.report_source!r}", where="report_source",
-                             fix=f"choose one of {', '.join(REPORT_SOURCES)}")
-        if self.batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {self.batch_size}", where="batch_size", fix="use 1 or more")
-        self.sampler = build_sampler(sampler or defaults.sampler, bundle.config.diffusion,
-                                     steps if steps is not None else defaults.steps,
-                                     eta=float(defaults.eta if eta is None else eta))
+        self.guidance = float(settings.guidance)
+        self.class_source = settings.class_source
+        self.report_source = settings.report_source
+        self.batch_size = int(settings.batch_size)
+        self.sampler = build_sampler(settings.sampler, bundle.config.diffusion, settings.steps, eta=float(settings.eta))
         self.ema = bool(ema and bundle.ldm_ema is not None)
         self.ldm = (bundle.ldm_ema if self.ema else bundle.ldm).to(self.device).eval()
         self.autoencoder = bundle.autoencoder.to(self.device).eval()
@@ -85,9 +71,13 @@ class CCELLAGenerator:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-                    verify: bool = True, **options: Any) -> CCELLAGenerator:
-        """Load and verify a bundle folder; ``options`` as for the constructor (None = the bundle's defaults)."""
-        return cls(load_bundle(path, device=device, verify=verify), device=device, **options)
+                    verify: bool = True, trust_remote_code: bool = False, **options: Any) -> CCELLAGenerator:
+        """Load and verify a bundle folder; ``options`` as for the constructor (None = the bundle's defaults).
+
+        ``trust_remote_code``: let the text model run its own code (never taken from the bundle itself).
+        """
+        bundle = load_bundle(path, device=device, verify=verify, trust_remote_code=trust_remote_code)
+        return cls(bundle, device=device, **options)
 
     # ------------------------------------------------------------ properties
 
@@ -120,13 +110,8 @@ class CCELLAGenerator:
         if self._encoder is None:
             from synthaug.text.encoder import TextEncoder
 
-            encoder = TextEncoder.from_config(self.bundle.config.text, device=self.device)
-            stated = self.bundle.info["text"]["fingerprint"]
-            if encoder.fingerprint != stated:
-                raise InputError("the local text encoder differs from the one the bundle was trained with",
-                                 where=f"text.model {self.bundle.config.text.model!r}",
-                                 fix="install the same model files (weights, tokenizer, settings) the bundle used")
-            self._encoder = encoder
+            self._encoder = TextEncoder.from_config(self.bundle.config.text, device=self.device,
+                                                    expected_fingerprint=self.bundle.info["text"]["fingerprint"])
         return self._encoder
 
     def _encode(self, report: str) -> tuple[torch.Tensor, torch.Tensor]:

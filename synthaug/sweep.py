@@ -64,6 +64,8 @@ class SweepSettings:
     def check(self) -> None:
         if self.seeds < 1:
             raise InputError(f"seeds must be >= 1, got {self.seeds}", where="--seeds", fix="train at least one seed")
+        if self.search == "tpe" and self.n_trials < 1:
+            raise InputError(f"trials must be >= 1, got {self.n_trials}", where="--trials", fix="run at least one trial")
         from classifiers import list_models
 
         if self.model not in list_models():
@@ -76,7 +78,7 @@ class SweepSettings:
                                  fix="use non-negative ratios, e.g. 0,0.5,1,2,synthetic-only")
         if self.search == "grid" and not self.ratios:
             raise InputError("the ratio grid is empty", where="--ratios", fix="give at least one ratio")
-        if self.search == "tpe" and not 0 < self.ratio_min < self.ratio_max:
+        if self.search == "tpe" and not 0 < self.ratio_min < self.ratio_max < math.inf:
             raise InputError(f"ratio range {self.ratio_min}..{self.ratio_max} is not valid for a log search",
                              where="--ratio-range", fix="use 0 < min < max, e.g. 0.1..4")
         if self.search == "grid" and (self.tune_lr or self.tune_epochs):
@@ -303,7 +305,8 @@ def objective_for(data: SweepData, settings: SweepSettings,
                     raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {epoch}")
 
             config = _fit_config(settings, seed, lr, epochs, n_real)
-            result = fit(model, train, data.val, config, on_epoch=on_epoch, progress=False)
+            with train:  # stops and joins on-the-fly generation, also when the trial is pruned or fails
+                result = fit(model, train, data.val, config, on_epoch=on_epoch, progress=False)
             scored = evaluate(model, data.test, config, threshold=result.threshold)
             values.append(result.best_metric if result.best_metric is not None else float("nan"))
             tests.append({"seed": seed, "val": result.best_metric, "best_epoch": result.best_epoch,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
-import nibabel as nib
-import numpy as np
-import pytest
+# As the synthaug command does (synthaug/cli.py), before torch starts OpenMP: idle threads sleep instead of
+# spin-waiting, so the suite does not slow itself down tenfold on a busy machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def save_nifti(path: Path, array: np.ndarray, spacing=(1.5, 1.5, 3.0)) -> Path:

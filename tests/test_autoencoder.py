@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from synthaug.config import AutoencoderConfig, SynthaugConfig
-from synthaug.errors import ConfigError, InputError
+from synthaug.errors import ConfigError, InputError, TrainingInterrupted
 from synthaug.ldm.autoencoder import (
     autoencoder_loss,
     build_autoencoder,
@@ -97,6 +97,35 @@ def test_training_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone():
     assert same_weights(a, b)
     assert not same_weights(a, c)
     assert not same_weights(a, build_autoencoder(cfg, seed=1))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, precision):
+    """Stopped at step 3 of 7 (mid-epoch: 3 volumes, batch 2), checkpointed, resumed: the same weights."""
+    cfg, vols = tiny(steps=7), smooth_volumes(3)
+    whole = build_autoencoder(cfg, seed=0)
+    train_autoencoder(whole, vols, cfg, precision=precision, seed=5)
+
+    steps_seen = []
+    stopped = build_autoencoder(cfg, seed=0)
+    with pytest.raises(TrainingInterrupted, match="autoencoder step 3; checkpoint saved"):
+        train_autoencoder(stopped, vols, cfg, precision=precision, seed=5, checkpoints=tmp_path / "ck", run_key="k",
+                          checkpoint_every=100, should_stop=lambda: "SIGINT" if len(steps_seen) == 3 else None,
+                          progress=lambda step, total, record: steps_seen.append(step))
+    resumed = build_autoencoder(cfg, seed=0)  # a new process: fresh weights, state from the checkpoint only
+    history = train_autoencoder(resumed, vols, cfg, precision=precision, seed=5, checkpoints=tmp_path / "ck",
+                                run_key="k", resume=True)
+    assert [r["step"] for r in history] == [4, 5, 6, 7]
+    assert same_weights(whole, resumed)
+
+
+def test_checkpoints_of_another_run_are_refused(tmp_path):
+    cfg, vols = tiny(steps=4), smooth_volumes(2)
+    train_autoencoder(build_autoencoder(cfg), vols, cfg, precision="fp32", checkpoints=tmp_path, run_key="a",
+                      checkpoint_every=2)
+    with pytest.raises(InputError, match="another run"):
+        train_autoencoder(build_autoencoder(cfg), vols, cfg, precision="fp32", checkpoints=tmp_path, run_key="b",
+                          resume=True)
 
 
 def test_scale_factor_is_over_the_whole_set():

@@ -22,7 +22,7 @@ def test_two_gloo_processes_train_the_parameters_one_process_does(small_phantom,
     with torch_threads(1):  # as each rank below
         train_generator(small_phantom, single, small_config(*STEPS))
     sets = [a for s in [*SMALL, *STEPS] for a in ("--set", s)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "synthaug", "train", "--data", str(small_phantom), "--out", str(tmp_path / "ddp"), *sets]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -68,7 +68,7 @@ print("world", world, "best", result.best_epoch)
 def test_fit_under_torchrun_keeps_the_ranks_in_step(tmp_path):
     script = tmp_path / "fit_ddp.py"
     script.write_text(FIT_SCRIPT)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(script), str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()})

@@ -123,8 +123,8 @@ def test_bad_requests_are_one_clear_error(generator, small_bundle):
         generator.generate([1], reports=["a", "b"])
     with pytest.raises(InputError, match="seeds"):
         generator.generate([1, 0], seeds=[1])
-    for options, match in (({"sampler": "plms"}, "unknown sampler"), ({"steps": 0}, "between 1 and 1000"),
-                           ({"steps": 1001}, "between 1 and 1000"), ({"guidance": -0.5}, "must be >= 0"),
+    for options, match in (({"sampler": "plms"}, "sampler"), ({"steps": 0}, "sample.steps"),
+                           ({"steps": 1001}, "between 1 and 1000"), ({"guidance": -0.5}, "greater than or equal to 0"),
                            ({"sampler": "flow"}, "cannot sample")):
         with pytest.raises(InputError, match=match):
             CCELLAGenerator.from_bundle(small_bundle, **options)

@@ -145,6 +145,50 @@ def test_a_generator_source_makes_new_volumes_every_epoch(real, small_bundle, tm
     assert ds.synthetic_ids == first  # deterministic in the epoch
 
 
+def test_close_stops_generation_after_its_batch_and_joins_the_thread(real, small_bundle, tmp_path):
+    import threading
+
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, batch_size=1)
+    started, calls = threading.Event(), []
+    generate = generator.generate
+
+    def slow(*args, **kwargs):
+        calls.append(1)
+        started.set()
+        return generate(*args, **kwargs)
+
+    generator.generate = slow
+    with SyntheticMixDataset(real, generator, ratio=1.0, cache_dir=tmp_path / "c") as ds:
+        assert started.wait(timeout=60)
+    assert ds._producer is None and not any(t.name == "synthaug-producer" for t in threading.enumerate())
+    assert 1 <= len(calls) < len(ds.synthetic_ids)  # stopped after the batch in progress, not at the end
+    assert len(SyntheticCache(tmp_path / "c")) == len(calls)  # what was made is kept, whole
+
+
+SCRIPT = """
+import sys, time
+from synthaug.generate import CCELLAGenerator
+from synthaug.mix import SyntheticMixDataset
+generator = CCELLAGenerator.from_bundle(sys.argv[1], sampler="ddim", steps=50, batch_size=4)
+real = [{"image": "x", "label": i % 2} for i in range(8)]
+ds = SyntheticMixDataset(real, generator, ratio=2.0, cache_dir=sys.argv[2])
+time.sleep(2)  # the producer is now inside torch's kernels
+print("exiting while the producer generates")
+"""
+
+
+def test_a_program_that_forgets_close_still_exits_0(small_bundle, tmp_path):
+    """A generation thread alive at interpreter exit must not abort the process (exit 134, 'terminate called')."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(small_bundle), str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    assert SyntheticCache(tmp_path / "c").verify().ok
+
+
 def test_a_generation_failure_reaches_loader_workers(real, small_bundle, tmp_path):
     import pickle
     import threading

@@ -70,12 +70,12 @@ def test_statistics_of_seeds():
 
 def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, capsys):
     base = ["sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", tmp_path / "o", *SHAPE]
-    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio -1.0"),
+    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio '-1'"),
                          (["--seeds", "0"], "seeds"), (["--ratios", "0,lots"], "'lots'"),
                          (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage"),
                          (["--tune-lr"], "--search tpe"), (["--tune-epochs"], "--search tpe"),
                          (["--metric", "loss"], "higher is better"), (["--metric", "f2"], "unknown metric 'f2'"),
-                         (["--epochs", "0"], "epochs"), (["--lr", "0"], "learning rate"),
+                         (["--epochs", "0"], "epochs"), (["--lr", "0"], "--lr: must be > 0"),
                          (["--set", "data.modalities=[t2w,adc]"], "T2W-only")):
         assert_one_line_error(in_process(capsys, *base, *extra), match)
     os.symlink(small_phantom.parent / "images", tmp_path / "images")

@@ -66,17 +66,23 @@ def test_pickle_where_safetensors_expected(tmp_path):
         load_weights(tmp_path / "weights.safetensors")
 
 
+def signal_at(stage: str, step: int, sig: signal.Signals):  # noqa: ANN201
+    """A progress callback that sends ``sig`` to this process when ``stage`` reaches ``step`` (like Ctrl-C)."""
+
+    def progress(done_stage, done, total, logs):  # noqa: ANN001
+        if done_stage == stage and done == step:
+            os.kill(os.getpid(), sig)
+
+    return progress
+
+
 def test_resume_after_a_signal_gives_the_uninterrupted_parameters(trained, phantom, tmp_path):
     out, _ = trained
     cfg = small_config()
 
-    def kill_at_3(stage, done, total, logs):
-        if stage == "ldm" and done == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     work = tmp_path / "work"
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 3"):
-        train_generator(phantom, tmp_path / "b", cfg, work_dir=work, progress=kill_at_3)
+        train_generator(phantom, tmp_path / "b", cfg, work_dir=work, progress=signal_at("ldm", 3, signal.SIGTERM))
     assert not (tmp_path / "b").exists()
     with pytest.raises(InputError, match="pass --resume"):
         train_generator(phantom, tmp_path / "b", cfg, work_dir=work)
@@ -92,14 +98,59 @@ def test_resume_after_a_signal_gives_the_uninterrupted_parameters(trained, phant
     assert [r["step"] for r in log] == [0, 1, 2, 3, 4, 5, 6]
 
 
-def test_resume_refuses_truncated_or_foreign_checkpoints(phantom, tmp_path):
-    def stop_at_3(stage, done, total, logs):
-        if stage == "ldm" and done == 3:
-            os.kill(os.getpid(), signal.SIGINT)
+def test_a_signal_during_the_autoencoder_stage_resumes_to_the_same_bundle(trained, phantom, tmp_path):
+    """Ctrl-C while the VAE trains keeps a checkpoint; --resume continues it and the bundle is bit-identical."""
+    out, _ = trained
+    cfg = small_config("train.checkpoint_every=100")  # only the signal checkpoints
 
     work = tmp_path / "work"
+    with pytest.raises(TrainingInterrupted, match="autoencoder step 2; checkpoint saved"):
+        train_generator(phantom, tmp_path / "b", cfg, work_dir=work, progress=signal_at("autoencoder", 2, signal.SIGINT))
+    with pytest.raises(InputError, match="pass --resume"):
+        train_generator(phantom, tmp_path / "b", cfg, work_dir=work)
+    steps = []
+    train_generator(phantom, tmp_path / "b", cfg, work_dir=work, resume=True,
+                    progress=lambda stage, done, total, logs: steps.append((stage, done)))
+    assert [d for s, d in steps if s == "autoencoder"] == [3, 4]  # continued, not retrained
+    for name in ("autoencoder.safetensors", LDM_FILE):
+        a, b = load_file(str(out / name)), load_file(str(tmp_path / "b" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert not list(work.glob("autoencoder-*.checkpoints"))  # cleared once the VAE is saved
+
+
+def test_resume_with_nothing_to_resume_fails_before_any_work(phantom, tmp_path):
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_generator(phantom, tmp_path / "b", small_config(), work_dir=tmp_path / "work", resume=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_written_file_follows_the_umask(phantom, tmp_path):
+    """Bundle weights, caches and the phantom: group-writable under umask 002 (safetensors alone writes 0600)."""
+    from synthaug.data.phantom import write_phantom_dataset
+    from synthaug.generate import CCELLAGenerator
+    from synthaug.mix.cache import SyntheticCache
+
+    old = os.umask(0o002)
+    try:
+        cfg = small_config("train.steps=2", "phantom.n_cases=6")
+        data = write_phantom_dataset(tmp_path / "ph", cfg.data, cfg.phantom).parent
+        train_generator(phantom, tmp_path / "b", cfg, work_dir=tmp_path / "w")
+        generator = CCELLAGenerator.from_bundle(tmp_path / "b", sampler="ddim", steps=1)
+        SyntheticCache.create(tmp_path / "c", generator).pregenerate(generator, n=2, batch_size=2)
+    finally:
+        os.umask(old)
+    for root in (data, tmp_path / "b", tmp_path / "c", tmp_path / "w"):
+        for path in [root, *root.rglob("*")]:
+            if path.name.endswith(".lock"):
+                continue  # filelock's lock file keeps its own mode
+            expected = 0o775 if path.is_dir() else 0o664
+            assert path.stat().st_mode & 0o777 == expected, f"{path}: {oct(path.stat().st_mode & 0o777)}"
+
+
+def test_resume_refuses_truncated_or_foreign_checkpoints(phantom, tmp_path):
+    work = tmp_path / "work"
     with pytest.raises(TrainingInterrupted):
-        train_generator(phantom, tmp_path / "b", small_config(), work_dir=work, progress=stop_at_3)
+        train_generator(phantom, tmp_path / "b", small_config(), work_dir=work, progress=signal_at("ldm", 3, signal.SIGINT))
     with pytest.raises(InputError, match="checkpoint belongs to another run"):
         train_generator(phantom, tmp_path / "b", small_config("train.lr=0.001"), work_dir=work, resume=True)
     (file,) = (work / "checkpoints").glob("step-*.safetensors")

@@ -172,9 +172,26 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where the system tells (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass  # not Linux: fall back to the set-and-restore below
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def save_weights(tensors: dict, path: str | os.PathLike[str], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors with the permissions ``open()`` gives (safetensors itself writes 0600)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+    return path
 
 
 def make_temp_dir(beside: Path) -> Path:

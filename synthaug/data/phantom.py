@@ -29,7 +29,7 @@ import torch
 
 from synthaug.config import DataConfig, PhantomConfig
 from synthaug.data import phantom_anatomy as anatomy
-from synthaug.data.io import atomic_write_text, centred_affine, write_nifti
+from synthaug.data.io import atomic_write_text, centred_affine, make_temp_dir, write_nifti
 from synthaug.data.manifest import SPLITS, CaseRecord, write_manifest
 from synthaug.data.phantom_anatomy import Anatomy, Focus
 from synthaug.data.reports import BenignFinding, Findings, Lesion, lesion_pirads, render_report
@@ -438,7 +438,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike[str], data: DataConfig, pha
     _prepare(out_dir, overwrite)
     n = phantom.n_cases
     positive = _positive_flags(phantom)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir)
     try:
         cases = []
         for i in range(n):

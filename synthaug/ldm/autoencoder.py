@@ -35,7 +35,8 @@ from monai.networks.nets.autoencoderkl import AEKLDownsample
 from torch import Tensor, nn
 
 from synthaug.config import AutoencoderConfig, SynthaugConfig
-from synthaug.errors import ConfigError, InputError, SynthaugError
+from synthaug.errors import ConfigError, InputError, SynthaugError, TrainingInterrupted
+from synthaug.ldm import checkpoint as ckpt
 
 Volumes = torch.utils.data.Dataset | Sequence[Any]  # items: (C, X, Y, Z) tensors/arrays or {"image": ...}
 Progress = Callable[[int, int, dict], None]
@@ -242,14 +243,24 @@ def train_autoencoder(
     seed: int = 0,
     augment: bool = True,
     progress: Progress | None = None,
+    checkpoints: str | Path | None = None,
+    run_key: str = "",
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> list[dict]:
-    """Train ``model`` in place for ``cfg.steps`` AdamW steps; returns one record per step.
+    """Train ``model`` in place for ``cfg.steps`` AdamW steps; returns one record per step run now.
 
     ``volumes`` holds ``(C, X, Y, Z)`` tensors (or MONAI dicts with an ``"image"`` key), every side a
     multiple of ``downsample_factor(cfg)``. Batches of ``cfg.batch_size`` are drawn epoch by epoch
     from a generator seeded with ``seed``; ``augment`` flips left-right at random. ``precision``:
     autocast dtype (``auto`` = bf16 on CPU, about 2x faster there; fp16 on CUDA with loss scaling).
     ``progress(step, total, record)`` is called after every step.
+
+    Checkpoints (``checkpoints`` a folder, tagged ``run_key``): every ``checkpoint_every`` steps, and when
+    ``should_stop()`` names a signal, which then raises ``TrainingInterrupted``. ``resume`` continues from
+    the newest checkpoint exactly: weights, optimizer, random stream and epoch order, so the result equals
+    an uninterrupted run's.
     """
     n = len(volumes)
     if n == 0:
@@ -261,12 +272,29 @@ def train_autoencoder(
     dtype = resolve_precision(precision, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     generator = torch.Generator().manual_seed(seed)
-    batches = _batch_indices(n, cfg.batch_size, generator)
+    batches = EpochBatches(n, cfg.batch_size, generator)
 
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    first = 1
+    if resume and checkpoints is not None and ckpt.has_checkpoint(checkpoints):
+        done, groups, meta = ckpt.load_checkpoint(checkpoints, run_key)
+        model.load_state_dict(groups["model"])
+        optimizer.load_state_dict(ckpt.unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"]))
+        generator.set_state(groups["rng"]["generator"])
+        batches.order = list(meta["order"])
+        if scaler is not None and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        first = done + 1
+
+    def save(step: int) -> None:
+        opt_tensors, opt_rest = ckpt.flatten_optimizer(optimizer.state_dict())
+        groups = {"model": model.state_dict(), "optimizer": opt_tensors, "rng": {"generator": generator.get_state()}}
+        meta = {"optimizer": opt_rest, "order": batches.order, "scaler": scaler.state_dict() if scaler else None}
+        ckpt.save_checkpoint(checkpoints, step, groups, meta, run_key)
+
     history: list[dict] = []
-    for step in range(1, cfg.steps + 1):
+    for step in range(first, cfg.steps + 1):
         x = torch.stack([_volume(volumes[i], factor, i) for i in next(batches)])  # (B, C, X, Y, Z)
         if augment:
             flip = (torch.rand(x.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1, 1)
@@ -292,20 +320,40 @@ def train_autoencoder(
         history.append(record)
         if progress is not None:
             progress(step, cfg.steps, record)
+        if checkpoints is not None and step % checkpoint_every == 0 and step < cfg.steps:
+            save(step)
+        stop = should_stop() if should_stop is not None else None
+        if stop and step < cfg.steps:
+            if checkpoints is None:
+                raise TrainingInterrupted(f"stopped by {stop} at autoencoder step {step}; nothing saved",
+                                          where="autoencoder training", fix="run the command again")
+            save(step)
+            raise TrainingInterrupted(f"stopped by {stop} at autoencoder step {step}; checkpoint saved",
+                                      where=str(checkpoints), fix="run the same command with --resume to continue")
     model.eval()
     return history
 
 
-def _batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
-    """Endless batches of indices: every volume once per epoch, in a fresh seeded order each epoch."""
-    order: list[int] = []
-    while True:
+class EpochBatches:
+    """Endless batches of indices: every volume once per epoch, in a fresh seeded order each epoch.
+
+    ``order`` (what is left of this epoch) is the whole state beside the generator's: a checkpoint keeps it.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.order: list[int] = []
+
+    def __iter__(self) -> EpochBatches:
+        return self
+
+    def __next__(self) -> list[int]:
         batch = []
-        while len(batch) < batch_size:
-            if not order:
-                order = torch.randperm(n, generator=generator).tolist()
-            batch.append(order.pop())
-        yield batch
+        while len(batch) < self.batch_size:
+            if not self.order:
+                self.order = torch.randperm(self.n, generator=self.generator).tolist()
+            batch.append(self.order.pop())
+        return batch
 
 
 # ------------------------------------------------------------------------------- encoding, decoding
@@ -404,23 +452,22 @@ def decode_latents(
 
 def save_autoencoder(model: nn.Module, path: str | Path) -> Path:
     """Write the weights as safetensors (the bundle's ``autoencoder.safetensors``)."""
-    from safetensors.torch import save_file
+    from synthaug.data.io import save_weights
 
-    path = Path(path)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
-    return path
+    return save_weights({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path)
 
 
 def load_autoencoder(cfg: AutoencoderConfig, path: str | Path, in_channels: int = 1) -> nn.Module:
     """Build the autoencoder of ``cfg``, load safetensors weights from ``path`` and freeze it."""
-    from safetensors.torch import load_file
+    from synthaug.data.io import load_weights
 
     path = Path(path)
     if not path.is_file():
         raise InputError("autoencoder weights not found", where=str(path), fix="train it, or check the bundle folder")
+    weights = load_weights(path)  # a pickle, a truncated or a foreign file: one InputError naming it
     model = build_autoencoder(cfg, in_channels)
     try:
-        model.load_state_dict(load_file(str(path)), strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         raise InputError("autoencoder weights do not match the autoencoder config", where=str(path),
                          fix="use the config the weights were trained with") from exc

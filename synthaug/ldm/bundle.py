@@ -5,7 +5,9 @@
     bundle.ldm_ema or bundle.ldm, bundle.scale_factor, bundle.info["text"]["fingerprint"]
 
 Never pickle: weights are safetensors, metadata JSON. The fingerprint is a sha256 over every file of
-the bundle, so a cache or a sweep can tell which generator made its data and refuse a stranger's.
+the bundle, so a cache or a sweep can tell which generator made its data and refuse a stranger's. It
+is an integrity check, not a signature: anyone can recompute it, so nothing in a bundle is trusted to
+run code (``load_bundle`` turns ``text.trust_remote_code`` off unless its caller turns it on).
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from synthaug.config import SynthaugConfig
-from synthaug.data.io import file_sha256, load_weights, make_temp_dir
+from synthaug.data.io import file_sha256, load_weights, make_temp_dir, save_weights
 from synthaug.errors import ConfigError, InputError
 
 FORMAT_VERSION = 1
@@ -34,6 +35,9 @@ LDM_EMA_FILE = "ldm_ema.safetensors"
 CASES_FILE = "train_cases.jsonl"
 FINGERPRINT_FILE = "fingerprint"
 REQUIRED_FILES = (CONFIG_FILE, AUTOENCODER_FILE, LDM_FILE, CASES_FILE)
+# Keys of config.json that loading and generation read, as "section.key" paths.
+REQUIRED_KEYS = ("config", "scale_factor", "latent_shape", "text.fingerprint", "text.dim", "text.max_tokens",
+                 "data.intensity.p0_median", "data.intensity.p99_5_median")
 
 
 @dataclass
@@ -90,10 +94,10 @@ def save_bundle(
     try:
         document = {"format_version": FORMAT_VERSION, "config": config.to_dict(), **info}
         (tmp / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        save_file(_state(autoencoder), str(tmp / AUTOENCODER_FILE))
-        save_file(_state(ldm), str(tmp / LDM_FILE))
+        save_weights(_state(autoencoder), tmp / AUTOENCODER_FILE)
+        save_weights(_state(ldm), tmp / LDM_FILE)
         if ldm_ema is not None:
-            save_file(_state(ldm_ema), str(tmp / LDM_EMA_FILE))
+            save_weights(_state(ldm_ema), tmp / LDM_EMA_FILE)
         (tmp / CASES_FILE).write_text(
             "".join(json.dumps(c, ensure_ascii=False, sort_keys=True) + "\n" for c in train_cases), encoding="utf-8")
         fingerprint = compute_fingerprint(tmp)
@@ -120,18 +124,57 @@ def read_bundle_info(path: str | os.PathLike[str], verify: bool = True) -> tuple
     if missing:
         raise InputError(f"bundle is missing {', '.join(missing)}", where=str(path),
                          fix="copy the whole bundle folder, or train it again")
-    stated = (path / FINGERPRINT_FILE).read_text(encoding="utf-8").strip()
+    try:
+        stated = (path / FINGERPRINT_FILE).read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        stated = ""
+    if len(stated) != 64 or any(c not in "0123456789abcdef" for c in stated):
+        raise InputError("is not a sha256 fingerprint (64 hex digits)", where=str(path / FINGERPRINT_FILE),
+                         fix="copy the whole bundle folder again, or train it again")
     if verify and compute_fingerprint(path) != stated:
         raise InputError("bundle files do not match its fingerprint (changed or corrupt)", where=str(path),
                          fix="restore the original files or train the bundle again")
     try:
         document = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{CONFIG_FILE} is not valid JSON", where=str(path), fix="train the bundle again") from exc
+        raise InputError("is not valid JSON", where=str(path / CONFIG_FILE), fix="train the bundle again") from exc
+    if not isinstance(document, dict):
+        raise InputError("is not a JSON object", where=str(path / CONFIG_FILE), fix="train the bundle again")
     if document.get("format_version") != FORMAT_VERSION:
         raise InputError(f"bundle format {document.get('format_version')!r} is not {FORMAT_VERSION}",
                          where=str(path), fix="use the synthaug version that wrote it, or train it again")
+    for key in REQUIRED_KEYS:
+        node: Any = document
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise InputError(f"has no {key!r}", where=str(path / CONFIG_FILE),
+                             fix="use the synthaug version that wrote it, or train the bundle again")
     return document, stated
+
+
+def read_train_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The bundle's ``train_cases.jsonl``: one ``{case_id, label, report}`` object per line."""
+    file = Path(path) / CASES_FILE
+    cases = []
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError("is not UTF-8 text", where=str(file), fix="train the bundle again") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+            ok = (isinstance(case, dict) and isinstance(case.get("case_id"), str) and case.get("label") in (0, 1)
+                  and isinstance(case.get("report"), str))
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise InputError(f"line {number} is not a {{case_id, label, report}} JSON object", where=str(file),
+                             fix="train the bundle again")
+        cases.append(case)
+    return cases
 
 
 def load_state(model: nn.Module, file: str | os.PathLike[str]) -> nn.Module:
@@ -145,8 +188,13 @@ def load_state(model: nn.Module, file: str | os.PathLike[str]) -> nn.Module:
     return model
 
 
-def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu", verify: bool = True) -> Bundle:
-    """Rebuild the autoencoder and LDM of a bundle from its config and weights, verified, frozen, in eval mode."""
+def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu", verify: bool = True,
+                trust_remote_code: bool = False) -> Bundle:
+    """Rebuild the autoencoder and LDM of a bundle from its config and weights, verified, frozen, in eval mode.
+
+    Whatever the bundle's config says, ``text.trust_remote_code`` is ``trust_remote_code``: only the
+    caller (the user's own command line) can let the text model's own code run, never the bundle.
+    """
     from synthaug.ldm.autoencoder import build_autoencoder
     from synthaug.ldm.model import CCELLALDM
 
@@ -157,8 +205,14 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     except Exception as exc:  # pydantic ValidationError or a missing key
         raise ConfigError(f"bundle config is invalid ({type(exc).__name__})", where=str(path / CONFIG_FILE),
                           fix="use the synthaug version that wrote it") from exc
+    config.text.trust_remote_code = bool(trust_remote_code)
     info = {k: v for k, v in document.items() if k not in ("config", "format_version")}
-    text_dim = int(info["text"]["dim"])
+    try:
+        text_dim = int(info["text"]["dim"])
+    except (TypeError, ValueError):
+        raise InputError(f"text.dim {info['text']['dim']!r} is not a whole number", where=str(path / CONFIG_FILE),
+                         fix="train the bundle again") from None
+    cases = read_train_cases(path)
 
     def built(module: nn.Module, file: str) -> nn.Module:
         module = load_state(module, path / file).to(device).eval()
@@ -168,6 +222,5 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     autoencoder = built(build_autoencoder(config.autoencoder), AUTOENCODER_FILE)
     ldm = built(CCELLALDM.from_config(config, text_dim), LDM_FILE)
     ema = built(CCELLALDM.from_config(config, text_dim), LDM_EMA_FILE) if (path / LDM_EMA_FILE).is_file() else None
-    cases = [json.loads(line) for line in (path / CASES_FILE).read_text(encoding="utf-8").splitlines() if line]
     return Bundle(path=path, config=config, info=info, autoencoder=autoencoder, ldm=ldm, ldm_ema=ema,
                   train_cases=cases, fingerprint=fingerprint)

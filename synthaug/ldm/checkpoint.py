@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from synthaug.data.io import atomic_path, atomic_write_text, file_sha256, load_weights
+from synthaug.data.io import atomic_path, atomic_write_text, file_sha256, load_weights, save_weights
 from synthaug.errors import InputError
 
 LATEST = "latest.json"
@@ -58,7 +57,7 @@ def save_checkpoint(
     file = folder / f"step-{step:08d}.safetensors"
     flat = {f"{group}/{key}": t.detach().cpu().contiguous() for group, sd in groups.items() for key, t in sd.items()}
     with atomic_path(file) as tmp:
-        save_file(flat, str(tmp))
+        save_weights(flat, tmp)
     latest = {"step": step, "file": file.name, "sha256": file_sha256(file), "run_key": run_key, "meta": meta}
     atomic_write_text(folder / LATEST, json.dumps(latest, indent=1) + "\n")
     for old in sorted(folder.glob("step-*.safetensors"))[:-KEEP]:

@@ -33,10 +33,10 @@ from torch.optim.swa_utils import AveragedModel
 
 from synthaug import __version__
 from synthaug.config import SynthaugConfig
-from synthaug.data.io import atomic_write_text, file_sha256, read_volume
+from synthaug.data.io import atomic_path, atomic_write_text, file_sha256, load_weights, read_volume
 from synthaug.data.manifest import CaseRecord, Manifest, load_manifest
 from synthaug.distributed import Dist
-from synthaug.errors import ConfigError, InputError, SynthaugError
+from synthaug.errors import ConfigError, InputError, SynthaugError, TrainingInterrupted
 from synthaug.ldm import checkpoint as ckpt
 from synthaug.ldm.autoencoder import (
     build_autoencoder,
@@ -54,12 +54,6 @@ from synthaug.ldm.model import CCELLALDM, joint_loss, text_dropout
 from synthaug.ldm.sampling import training_scheduler, training_target
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, logs)
-
-
-class TrainingInterrupted(SynthaugError):
-    """SIGINT/SIGTERM arrived; a checkpoint was written and ``--resume`` continues from it."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -128,37 +122,63 @@ def intensity_stats(manifest: Manifest, cases: list[CaseRecord]) -> dict[str, fl
 # ---------------------------------------------------------------- stage 1: autoencoder and latents
 
 
+def _check_autoencoder_source(source: Path, cfg: SynthaugConfig) -> Path:
+    """The weights file of ``--autoencoder`` (a bundle folder or a .safetensors file), checked to be readable."""
+    if source.is_dir():
+        document, _ = read_bundle_info(source)
+        if document["config"].get("autoencoder") != cfg.autoencoder.model_dump(mode="json"):
+            raise ConfigError("the bundle's autoencoder settings differ from this config", where=str(source),
+                              fix="train with the same autoencoder settings or without --autoencoder")
+        source = source / AUTOENCODER_FILE
+    load_weights(source)  # not found, a pickle or not safetensors: one InputError naming the file
+    return source
+
+
+def autoencoder_file(cfg: SynthaugConfig, work: Path, key: str) -> Path:
+    """Where the VAE trained for data ``key`` and these settings is kept in ``work`` (its checkpoints beside it)."""
+    return work / f"autoencoder-{_hash(key, cfg.autoencoder.model_dump(mode='json'), cfg.train.seed)}.safetensors"
+
+
+def _autoencoder_checkpoints(file: Path) -> Path:
+    return file.with_name(file.name.removesuffix(".safetensors") + ".checkpoints")
+
+
 def prepare_autoencoder(cfg: SynthaugConfig, volumes: torch.Tensor, work: Path, key: str, *,
                         autoencoder: str | Path | None, device: torch.device,
-                        progress: Progress | None) -> tuple[torch.nn.Module, str]:
-    """Load the user's VAE, reuse one trained earlier in ``work``, or train one; returns (model, weights hash)."""
+                        progress: Progress | None, resume: bool = False,
+                        should_stop: Callable[[], str | None] | None = None) -> tuple[torch.nn.Module, str]:
+    """Load the user's VAE, reuse one trained earlier in ``work``, or train one; returns (model, weights hash).
+
+    Training checkpoints every ``train.checkpoint_every`` steps and on a stop signal; ``resume`` continues
+    from the newest checkpoint exactly.
+    """
     if autoencoder is not None:
-        source = Path(autoencoder)
-        if source.is_dir():
-            document, _ = read_bundle_info(source)
-            if document["config"]["autoencoder"] != cfg.autoencoder.model_dump(mode="json"):
-                raise ConfigError("the bundle's autoencoder settings differ from this config", where=str(source),
-                                  fix="train with the same autoencoder settings or without --autoencoder")
-            source = source / AUTOENCODER_FILE
+        source = _check_autoencoder_source(Path(autoencoder), cfg)
         model = load_autoencoder(cfg.autoencoder, source, in_channels=volumes.shape[1])
         return model.to(device).eval(), file_sha256(source)
-    file = work / f"autoencoder-{_hash(key, cfg.autoencoder.model_dump(mode='json'), cfg.train.seed)}.safetensors"
+    file = autoencoder_file(cfg, work, key)
     if file.is_file():
         return load_autoencoder(cfg.autoencoder, file, in_channels=volumes.shape[1]).to(device).eval(), file_sha256(file)
     model = build_autoencoder(cfg.autoencoder, in_channels=volumes.shape[1], seed=cfg.train.seed)
     report = (lambda step, total, logs: progress("autoencoder", step, total, logs)) if progress else None
+    checkpoints = _autoencoder_checkpoints(file)
     train_autoencoder(model, list(volumes), cfg.autoencoder, device=device, precision=cfg.train.precision,
-                      seed=cfg.train.seed, progress=report)
-    save_autoencoder(model, file)
+                      seed=cfg.train.seed, progress=report, checkpoints=checkpoints, run_key=file.name,
+                      checkpoint_every=cfg.train.checkpoint_every, resume=resume, should_stop=should_stop)
+    with atomic_path(file) as tmp:  # a kill mid-write leaves the checkpoints, never a torn weights file
+        save_autoencoder(model, tmp)
+    ckpt.clear_checkpoints(checkpoints)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
     return model.eval(), file_sha256(file)
 
 
 def prepare_latents(model: torch.nn.Module, volumes: torch.Tensor, work: Path, ae_hash: str,
                     cfg: SynthaugConfig, device: torch.device) -> torch.Tensor:
     """Encode every training case once (posterior mean unless ``latent_sampling``); cached by VAE hash."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from synthaug.data.io import atomic_path
+    from synthaug.data.io import save_weights
 
     file = work / f"latents-{_hash(ae_hash, volumes.shape, cfg.autoencoder.latent_sampling, cfg.train.seed)}.safetensors"
     if file.is_file():
@@ -167,25 +187,23 @@ def prepare_latents(model: torch.nn.Module, volumes: torch.Tensor, work: Path, a
     latents = encode_volumes(model, list(volumes), batch_size=cfg.autoencoder.batch_size, device=device,
                              sample=cfg.autoencoder.latent_sampling, generator=generator).float().cpu()
     with atomic_path(file) as tmp:
-        save_file({"latents": latents.contiguous()}, str(tmp))
+        save_weights({"latents": latents.contiguous()}, tmp)
     return latents
 
 
 # ---------------------------------------------------------------- stage 2: text
 
 
-def prepare_text(cfg: SynthaugConfig, reports: list[str], work: Path, progress: Progress | None):  # noqa: ANN201
-    """Encode the training reports and the empty report once; returns (encoder, features, mask, isnull, null)."""
-    from synthaug.text.encoder import TextEncoder
+def prepare_text(encoder, reports: list[str], work: Path, progress: Progress | None):  # noqa: ANN001, ANN201
+    """Encode the training reports and the empty report once with ``encoder``; returns (features, null)."""
     from synthaug.text.store import EmbeddingStore
 
-    encoder = TextEncoder.from_config(cfg.text)
     store = EmbeddingStore(work / "text", encoder)
     report = (lambda done, total: progress("text", done, total, {})) if progress else None
     store.precompute([*reports, ""], progress=report)
     batch = store.get(reports)  # (N, T, D), padded to the longest report
     null = store.get([""])
-    return encoder, batch, null
+    return batch, null
 
 
 # ---------------------------------------------------------------- stage 3: the LDM
@@ -471,25 +489,37 @@ def train_generator(
                           where="data.image_shape",
                           fix=f"use an image shape divisible by {unet_factor * downsample_factor(cfg.autoencoder)}")
 
+    # Everything that can refuse the input is checked before the work folder is made or any work starts.
     manifest = load_manifest(manifest_path)
     cases = training_cases(manifest)
     key = data_key(manifest, cases, cfg)
-    work.mkdir(parents=True, exist_ok=True)
+    if autoencoder is not None:
+        _check_autoencoder_source(Path(autoencoder), cfg)
+    from synthaug.text.encoder import TextEncoder
+
+    encoder = TextEncoder.from_config(cfg.text)
     checkpoints = work / "checkpoints"
-    if ckpt.has_checkpoint(checkpoints) and not (resume or overwrite):
-        raise InputError("an earlier training run left checkpoints here", where=str(checkpoints),
+    vae_checkpoints = _autoencoder_checkpoints(autoencoder_file(cfg, work, key))
+    left = [c for c in (checkpoints, vae_checkpoints) if ckpt.has_checkpoint(c)]
+    if left and not (resume or overwrite):
+        raise InputError("an earlier training run left checkpoints here", where=str(left[0]),
                          fix="pass --resume to continue it or --overwrite to start again")
+    if resume and not left and not autoencoder_file(cfg, work, key).is_file():
+        raise InputError("nothing to resume: no checkpoint of this run", where=str(work),
+                         fix="train without --resume (the same data, config and --work as the interrupted run)")
+    work.mkdir(parents=True, exist_ok=True)
     if overwrite and not resume and dist.is_main:
         ckpt.clear_checkpoints(checkpoints)
+        ckpt.clear_checkpoints(vae_checkpoints)
 
-    with dist.main_first():  # the VAE, latents and text features are made once, by rank 0, and cached in work
+    with dist.main_first(), _stop_signals() as flag:  # VAE, latents and text features: made once, by rank 0
         volumes = load_volumes(manifest, cases, cfg, progress)
         vae, ae_hash = prepare_autoencoder(cfg, volumes, work, key, autoencoder=autoencoder, device=device,
-                                           progress=progress)
+                                           progress=progress, resume=resume, should_stop=lambda: flag["stop"])
         latents = prepare_latents(vae, volumes, work, ae_hash, cfg, device)
         del volumes
         reports = [c.report for c in cases]
-        encoder, text, null = prepare_text(cfg, reports, work, progress)
+        text, null = prepare_text(encoder, reports, work, progress)
     scale = scale_factor(latents)
     labels = torch.tensor([c.label for c in cases])
 
@@ -497,7 +527,7 @@ def train_generator(
     run_key = _hash(key, ae_hash, encoder.fingerprint,
                     {k: v for k, v in cfg.to_dict().items() if k not in ("phantom", "sample", "preset")})
     trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work, dist)
-    if resume:
+    if resume and ckpt.has_checkpoint(checkpoints):  # else the run was stopped before the LDM stage began
         trainer.restore()
     history = trainer.run(progress)
     if not dist.is_main:  # rank 0 writes the bundle; the others return what it wrote

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +39,14 @@ MANIFEST_FILE = "manifest.jsonl"
 VOLUMES_DIR = "volumes"
 FILE_FORMATS = {"nifti-gz": ".nii.gz", "nifti": ".nii"}  # both open in any viewer and with MONAI LoadImaged
 LABELS = (0, 1)
+# What cache.json must hold, and of which type; everything else in it is informative.
+META_KEYS = {"bundle_fingerprint": str, "generator": dict, "report_source": str, "seed": int, "file_format": str,
+             "shape": list}
+# What every manifest row must hold, and of which type.
+ROW_KEYS = {"id": str, "label": int, "file": str, "sha256": str, "report": str, "report_source": str, "seed": int}
+
+
+_ID = re.compile(r"syn-l(?P<label>[01])-(?P<index>\d{6,})")
 
 
 def volume_id(label: int, index: int) -> str:
@@ -87,7 +96,8 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)  # ids whose file is gone
     corrupt: list[str] = field(default_factory=list)  # ids whose file's sha256 differs
     duplicates: list[str] = field(default_factory=list)  # ids with more than one manifest line
-    bad_lines: list[int] = field(default_factory=list)  # manifest line numbers that are not complete JSON
+    bad_lines: list[int] = field(default_factory=list)  # manifest lines that are not a valid row (see why)
+    why: dict[int, str] = field(default_factory=dict)  # bad line number -> what is wrong with it
     orphans: list[str] = field(default_factory=list)  # volume files with no manifest line (harmless)
     temp_files: list[str] = field(default_factory=list)  # left by killed writers (harmless)
 
@@ -110,11 +120,21 @@ class SyntheticCache:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{CACHE_FILE} is not valid JSON", where=str(file),
                              fix="restore it or make the cache again") from exc
+        if not isinstance(self.meta, dict):
+            raise InputError("is not a JSON object", where=str(file), fix="restore it or make the cache again")
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise InputError(f"cache format {self.meta.get('format_version')!r} is not {FORMAT_VERSION}",
                              where=str(file), fix="make the cache again with this synthaug version")
+        for key, kind in META_KEYS.items():
+            if not isinstance(self.meta.get(key), kind):
+                raise InputError(f"{key!r} is missing or not a {kind.__name__}", where=str(file),
+                                 fix="restore it or make the cache again")
+        if self.meta["file_format"] not in FILE_FORMATS:
+            raise InputError(f"file_format {self.meta['file_format']!r} is not one of {', '.join(FILE_FORMATS)}",
+                             where=str(file), fix="restore it or make the cache again")
         self._rows: dict[str, dict[str, Any]] = {}
         self._read_size = -1
+        self._problems: dict[int, str] = {}  # manifest line number -> what is wrong with it (last parse)
 
     # ------------------------------------------------------------ creation and identity
 
@@ -208,18 +228,42 @@ class SyntheticCache:
         file = self.path / MANIFEST_FILE
         return file.read_text(encoding="utf-8").split("\n") if file.is_file() else []
 
+    def _row_problem(self, row: Any) -> str | None:
+        """Why a parsed manifest line is not a valid row of this cache, or None.
+
+        A row may only name its own file, ``volumes/<id><suffix>``: a manifest from someone else cannot make
+        ``verify``, ``info`` or the mix dataset read anything outside the cache.
+        """
+        if not isinstance(row, dict):
+            return "is not a complete JSON object"
+        for key, kind in ROW_KEYS.items():
+            if not isinstance(row.get(key), kind) or isinstance(row.get(key), bool):
+                return f"has no {kind.__name__} {key!r}"
+        match = _ID.fullmatch(row["id"])
+        if not match or int(match["label"]) != row["label"]:
+            return f"id {row['id']!r} is not syn-l<label>-<index> with its label {row['label']}"
+        own = f"{VOLUMES_DIR}/{row['id']}{FILE_FORMATS[self.meta['file_format']]}"
+        if row["file"] != own:
+            return f"names the file {row['file']!r}, not its own {own!r}"
+        return None
+
     def _parse(self, lines: list[str]) -> tuple[dict[str, dict[str, Any]], list[int], list[str]]:
         rows: dict[str, dict[str, Any]] = {}
         bad, duplicates = [], []
+        self._problems = {}
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                row_id = row["id"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except json.JSONDecodeError:
+                row = None
+            problem = self._row_problem(row)
+            if problem:
                 bad.append(number)
+                self._problems[number] = problem
                 continue
+            row_id = row["id"]
             if row_id in rows:
                 duplicates.append(row_id)
             else:
@@ -239,7 +283,7 @@ class SyntheticCache:
             rows, bad, _ = self._parse(lines)
             bad = [n for n in bad if n != len(lines)]  # the last piece has no newline yet: still being written
             if bad:
-                raise InputError(f"{MANIFEST_FILE} line {bad[0]} is not a complete JSON object", where=str(self.path),
+                raise InputError(f"{MANIFEST_FILE} line {bad[0]} {self._problems[bad[0]]}", where=str(self.path),
                                  fix="run `synthaug cache verify` and remove the broken line(s), then pregenerate "
                                      "again to remake what is missing")
             self._rows, self._read_size = rows, size
@@ -368,7 +412,8 @@ class SyntheticCache:
     def verify(self) -> VerifyReport:
         """Check every manifest line: complete JSON, unique id, file present with the recorded sha256."""
         rows, bad, duplicates = self._parse(self._lines())
-        report = VerifyReport(volumes=len(rows), bad_lines=bad, duplicates=sorted(set(duplicates)))
+        report = VerifyReport(volumes=len(rows), bad_lines=bad, duplicates=sorted(set(duplicates)),
+                              why=dict(self._problems))
         for row_id, row in sorted(rows.items()):
             file = self.file(row)
             if not file.is_file():

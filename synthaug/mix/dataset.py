@@ -84,6 +84,20 @@ def synthetic_quotas(real_counts: Mapping[int, int], n_synthetic: int,
     return {0: n_synthetic - ones, 1: ones}
 
 
+def _stop_at_exit(event: threading.Event) -> None:
+    """Set ``event`` when the interpreter begins to exit, before it joins the remaining threads.
+
+    ``threading._register_atexit`` is what ``concurrent.futures`` uses for the same purpose; where it
+    does not exist the thread is still joined at exit, only after finishing all of its work.
+    """
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(event.set)
+        except RuntimeError:  # the interpreter is already shutting down: nothing new may register
+            event.set()
+
+
 def _default_cache_dir(generator) -> Path:  # noqa: ANN001
     import hashlib
     import json
@@ -200,6 +214,7 @@ class SyntheticMixDataset(Dataset):
         self.pool_size = pool_size
         self._pools = self._pool_ids()
         self._producer: threading.Thread | None = None
+        self._stop = threading.Event()  # set by close() (or at interpreter exit): the producer ends after its batch
         self._producer_error: BaseException | None = None
         # Where the producer leaves its failure for DataLoader workers (other processes) to find.
         self._error_file = (self.cache.path / f".producer-{os.getpid()}-{id(self):x}.error") if self.cache is not None else None
@@ -284,18 +299,40 @@ class SyntheticMixDataset(Dataset):
         pairs = sorted({(int(i.split("-")[1][1:]), int(i.split("-")[2])) for i in missing}, key=lambda p: (p[1], p[0]))
         self._producer_error = None
         self._error_file.unlink(missing_ok=True)
+        self._stop.clear()
 
         def produce() -> None:
             try:
                 size = self.generator.batch_size
                 for start in range(0, len(pairs), size):
+                    if self._stop.is_set():
+                        return
                     self.cache.make(self.generator, pairs[start:start + size])
             except BaseException as exc:  # surfaced to the consumer in __getitem__, here and in loader workers
                 self._producer_error = exc
                 atomic_write_text(self._error_file, f"{type(exc).__name__}: {exc}\n")
 
-        self._producer = threading.Thread(target=produce, name="synthaug-producer", daemon=True)
+        # Not a daemon: a daemon thread still running torch at interpreter exit aborts the process
+        # ("terminate called without an active exception"). At exit it is told to stop after its batch.
+        self._producer = threading.Thread(target=produce, name="synthaug-producer")
+        _stop_at_exit(self._stop)
         self._producer.start()
+
+    def close(self) -> None:
+        """Stop generating after the batch in progress and join the producer thread (the dataset stays readable).
+
+        Call it (or use the dataset as a context manager) before the program goes on to other work.
+        """
+        if self._producer is not None:
+            self._stop.set()
+            self._producer.join()
+            self._producer = None
+
+    def __enter__(self) -> SyntheticMixDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def wait(self) -> None:
         """Block until this epoch's synthetic volumes are all in the cache (generation finished)."""
@@ -354,6 +391,6 @@ class SyntheticMixDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for spawned DataLoader workers: they read the cache and never generate."""
         state = dict(self.__dict__)
-        state.update(_producer=None, generator=None)
+        state.update(_producer=None, generator=None, _stop=None)
         return state
 

@@ -192,7 +192,7 @@ class TextEncoder:
     """
 
     def __init__(self, cfg: TextConfig, folder: Path, model_id: str, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, expected_fingerprint: str | None = None) -> None:
         self.cfg = cfg
         self.folder = folder
         self.model_id = model_id
@@ -208,15 +208,23 @@ class TextEncoder:
             [(p.name, p) for p in [folder / "config.json", *weights, *tokenizer_files]],
             {"kind": self.kind, "max_tokens": cfg.max_tokens, "truncate_side": cfg.truncate_side},
         )
+        # Compared before the tokenizer loads: nothing of a model folder other than the one expected is run.
+        if expected_fingerprint is not None and self.fingerprint != expected_fingerprint:
+            raise ConfigError("the local text encoder differs from the one the bundle was trained with",
+                              where=f"text.model {cfg.model!r}",
+                              fix="install the same model files (weights, tokenizer, settings) the bundle used")
         self.tokenizer = self._load_tokenizer()
         self._model: torch.nn.Module | None = None
 
     @classmethod
-    def from_config(cls, cfg: TextConfig, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> TextEncoder:
-        """Resolve ``cfg.model`` offline (default package, local folder or cached hub id) and read it."""
+    def from_config(cls, cfg: TextConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    expected_fingerprint: str | None = None) -> TextEncoder:
+        """Resolve ``cfg.model`` offline (default package, local folder or cached hub id) and read it.
+
+        ``expected_fingerprint``: refuse (``ConfigError``) a model whose files differ, before its tokenizer loads.
+        """
         model_id, folder = _resolve(cfg.model)
-        return cls(cfg, folder, model_id, device=device, dtype=dtype)
+        return cls(cfg, folder, model_id, device=device, dtype=dtype, expected_fingerprint=expected_fingerprint)
 
     def __repr__(self) -> str:
         return (f"TextEncoder({self.model_id!r}, kind={self.kind!r}, dim={self.dim}, "

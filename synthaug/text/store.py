@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from synthaug.data.io import atomic_path, atomic_write_text
+from synthaug.data.io import atomic_path, atomic_write_text, save_weights
 from synthaug.errors import InputError
 from synthaug.text.encoder import TextEncoder
 
@@ -162,7 +161,7 @@ class EmbeddingStore:
         path = self.folder / f"shard-{name}.safetensors"
         metadata = {"format": FORMAT, "fingerprint": self.encoder.fingerprint, "model": self.encoder.model_id}
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+            save_weights(tensors, tmp, metadata=metadata)
         for key in tensors:
             self._index[key] = path
         self._scanned.add(path.name)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from synthaug.config import DataConfig
+from synthaug.data.io import atomic_write_text
 from synthaug.errors import InputError
 
 Progress = Callable[[str, int, int, dict], None]
@@ -39,19 +40,26 @@ def fidelity_classifier(manifest, data: DataConfig, model: str = "tiny-cnn", epo
 
     ``crop``: the classifier sees (and ``predict`` crops to) a centred box of that many voxels.
     """
+    if not manifest.split("train") or not manifest.split("val"):
+        raise InputError("conditioning fidelity needs real 'train' and 'val' cases", where=str(manifest.path),
+                         fix="mark train and val splits, or pass --fidelity-model none")
+    return train_classifier(manifest.items("train"), manifest.items("val"), data, model, epochs, seed, crop, lr)
+
+
+def train_classifier(train_items: list[dict], val_items: list[dict], data: DataConfig, model: str = "tiny-cnn",
+                     epochs: int = 10, seed: int = 0, crop: tuple[int, int, int] | None = None,
+                     lr: float = 1e-3) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Train ``model`` on items (real or synthetic paths, preprocessed alike), select on ``val_items``."""
     from monai.data import Dataset
 
     from classifiers import FitConfig, build_model, fit
     from synthaug.sweep import VolumeStore
 
-    if not manifest.split("train") or not manifest.split("val"):
-        raise InputError("conditioning fidelity needs real 'train' and 'val' cases", where=str(manifest.path),
-                         fix="mark train and val splits, or pass --fidelity-model none")
     load = VolumeStore(data, crop)
     net = build_model(model, in_channels=1, num_classes=2, seed=seed)
-    fit(net, Dataset(manifest.items("train"), transform=load), Dataset(manifest.items("val"), transform=load),
+    fit(net, Dataset(train_items, transform=load), Dataset(val_items, transform=load),
         FitConfig(epochs=epochs, seed=seed, patience=None, device="cpu", lr=lr,
-                  samples_per_epoch=2 * len(manifest.split("train"))), progress=False)
+                  samples_per_epoch=2 * len(train_items)), progress=False)
     net.eval()
     cropper = load.crop
 
@@ -84,6 +92,51 @@ def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Prog
             progress("generate", len(items), len(cases), {})
     (out / "provenance.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return items
+
+
+def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], torch.Tensor], judge_name: str,  # noqa: ANN001
+                 synthetic_items: list[dict], *, split: str = "test", generator=None,  # noqa: ANN001
+                 model: str = "tiny-cnn", epochs: int = 10, crop: tuple[int, int, int] | None = None, seed: int = 0):  # noqa: ANN201
+    """The class-signal chain (``synthaug.metrics.class_signal``) of a synthetic set with real data's ``judge``.
+
+    Real and synthetic volumes go through the same preprocessing as the judge's training data. With the
+    ``generator`` that made the set, the autoencoder (its round trip of the test volumes) and the adapter
+    (its class head on the val + test reports) are scored too. CAS trains ``model`` with another seed than
+    the judge on the synthetic set alone, and on as many real training cases, and scores both on ``split``.
+    """
+    from synthaug.metrics.class_signal import class_signal_chain
+    from synthaug.sweep import VolumeStore
+
+    load = VolumeStore(data)
+    test_items = manifest.items(split)
+
+    def volumes(items: list[dict]) -> torch.Tensor:
+        return torch.stack([load(item)["image"] for item in items])  # (N, 1, X, Y, Z) in [0, 1]
+
+    reconstruct = adapter = None
+    if generator is not None:
+        from synthaug.ldm.autoencoder import decode_latents, encode_volumes
+
+        def reconstruct(x: torch.Tensor) -> torch.Tensor:
+            latents = encode_volumes(generator.autoencoder, list(x), batch_size=len(x), device=generator.device)
+            return decode_latents(generator.autoencoder, latents, batch_size=len(x), device=generator.device).clamp(0, 1)
+
+        texts = [c for c in [*manifest.items("val"), *test_items] if c["report"]]
+        if texts:
+            adapter = (generator.predict_class, [c["report"] for c in texts], [c["label"] for c in texts])
+    n = min(len(synthetic_items), len(manifest.split("train")))
+    cas_seed = seed + 1  # never the judge's own weights
+    real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:n]
+    cas = {}
+    if n >= 2 and len({c["label"] for c in real_n}) == 2:
+        test = volumes(test_items)
+        for setting, items in ((f"synthetic N={n}", synthetic_items[:n]), (f"real N={n}", real_n)):
+            predict = train_classifier(items, manifest.items("val"), data, model, epochs, cas_seed, crop)
+            cas[f"{setting} ({model}, seed {cas_seed})"] = predict(test)
+    return class_signal_chain(judge, judge_name, volumes(test_items), [c["label"] for c in test_items],
+                              reconstruct=reconstruct, adapter=adapter, cas=cas,
+                              generated={"the evaluated set": (volumes(synthetic_items),
+                                                               [c["requested_label"] for c in synthetic_items])})
 
 
 def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str] | None,
@@ -125,6 +178,27 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
     train_cases = [c for c in manifest.items("train") if c["case_id"] in train_ids] or manifest.items("train")
     predict = fidelity_classifier(manifest, data, fidelity_model, fidelity_epochs, crop=fidelity_crop) \
         if fidelity_model else None
-    return evaluate_quality(_preprocessed(real_cases, data), synthetic_items, out, medicalnet=medicalnet,
-                            radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
-                            resize=resize, progress=progress)
+    metrics = evaluate_quality(_preprocessed(real_cases, data), synthetic_items, out, medicalnet=medicalnet,
+                               radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
+                               resize=resize, progress=progress)
+    if predict is not None and not resize:
+        judge = f"{fidelity_model} (seed 0, trained on the real train split, {fidelity_epochs} epochs)"
+        chain = class_signal(manifest, data, predict, judge, synthetic_items, split=split,
+                             generator=generator if paper_protocol else _cache_generator(synthetic),
+                             model=fidelity_model, epochs=fidelity_epochs, crop=fidelity_crop)
+        metrics["class_signal"] = chain.to_dict()
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(out / "report.md", (out / "report.md").read_text(encoding="utf-8") + "\n" + chain.markdown())
+    return metrics
+
+
+def _cache_generator(cache_folder):  # noqa: ANN001, ANN202 - CCELLAGenerator | None
+    """The generator of a cache when its bundle is still where ``cache.json`` says (for the VAE and adapter links)."""
+    from synthaug.generate import CCELLAGenerator
+    from synthaug.mix.cache import SyntheticCache
+
+    bundle = SyntheticCache(cache_folder).meta.get("bundle_path")
+    if not bundle or not Path(bundle).is_dir():
+        return None
+    generator = CCELLAGenerator.from_bundle(bundle)
+    return generator if generator.fingerprint == SyntheticCache(cache_folder).fingerprint else None

@@ -133,6 +133,15 @@ class CCELLAGenerator:
             spacing=torch.tensor([self.spacing] * len(labels), dtype=torch.float32, device=dev),
             class_probs=label_probs(labels).to(dev) if self.class_source == "label" else None)
 
+    @torch.no_grad()
+    def predict_class(self, reports: Sequence[str]) -> torch.Tensor:
+        """The adapter's P(class 1) for each report ``(N,)``: its class head, as generation reads it."""
+        probs = []
+        for start in range(0, len(reports), self.batch_size):
+            part = list(reports[start:start + self.batch_size])
+            probs.append(predicted_class_probs(self.ldm, self._conditioning([0] * len(part), part))[:, 1].cpu())
+        return torch.cat(probs) if probs else torch.zeros(0)
+
     # ------------------------------------------------------------ reports
 
     def choose_report(self, label: int, seed: int, source: str | None = None) -> str:

@@ -19,6 +19,11 @@ def test_evaluate_a_cache_against_the_test_split(small_phantom, small_cache, tmp
     for name in ("report.md", "montage_class0.png", "montage_class1.png", "memorisation.csv"):
         assert (out / name).is_file(), name
     assert "FID" in done.stdout
+    chain = metrics["class_signal"]  # the small cache's bundle is still where cache.json says: every link
+    links = [row["link"] for row in chain["links"]]
+    assert links == ["ceiling", "autoencoder", "adapter", "fidelity", "cas", "cas-real"]
+    assert chain["judge"].startswith("tiny-cnn (seed 0") and "## Class-signal chain" in (out / "report.md").read_text()
+    assert all(row["auroc"]["estimate"] is None or 0 <= row["auroc"]["estimate"] <= 1 for row in chain["links"])
 
 
 def test_paper_protocol_makes_one_volume_per_case_from_its_report(small_phantom, small_bundle, tmp_path, capsys):

@@ -48,6 +48,24 @@ def test_bundle_round_trip_is_bit_exact(trained, phantom):
     assert bundle.config.preset == "tiny" and bundle.config.train.steps == 6
 
 
+def test_the_log_has_the_adapters_class_accuracy_on_the_validation_reports(trained, phantom):
+    from synthaug.text.encoder import TextEncoder
+    from synthaug.text.store import EmbeddingStore
+
+    out, _ = trained
+    log = [json.loads(line) for line in out.with_name("bundle.work").joinpath("ldm_log.jsonl").read_text().splitlines()]
+    assert all({"val_class_acc", "val_class_acc_ema"} <= r.keys() for r in log)  # step 0 too
+    val = [c for c in load_manifest(phantom).split("val") if c.report.strip()]  # cases with a report only
+    assert val
+    bundle = load_bundle(out)
+    text = EmbeddingStore(out.with_name("bundle.work") / "text", TextEncoder.from_config(bundle.config.text)).get(
+        [c.report for c in val])
+    labels = torch.tensor([c.label for c in val])
+    for key, ldm in (("val_class_acc", bundle.ldm), ("val_class_acc_ema", bundle.ldm_ema)):
+        logits = ldm.adapter(text.features, text.mask, torch.zeros(len(val), dtype=torch.long))[1]  # t = 0
+        assert log[-1][key] == pytest.approx(float((logits.argmax(dim=1) == labels).float().mean())), key
+
+
 def test_bundle_refuses_changed_or_missing_files(trained, tmp_path):
     out, _ = trained
     copy = tmp_path / "copy"

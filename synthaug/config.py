@@ -207,8 +207,14 @@ class SampleConfig(_Section):
     # DDIM noise: 1 = DDPM's posterior variance, which matches DDPM-1000's FID at 10-20 steps where the
     # deterministic samplers (eta 0, dpm++) lose 65-84% (benchmarks/bench_sampling.py); 0 = deterministic DDIM.
     eta: float = Field(1.0, ge=0.0)
-    guidance: float = Field(1.0, ge=0.0)  # classifier-free guidance scale; 1 = the unguided model
-    class_source: Literal["report", "label"] = "report"  # report: the adapter's prediction (reference)
+    guidance: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # classifier-free (text) guidance; 1 = unguided
+    # Class guidance: the requested class against the null class (needs a bundle trained with loss.p_null > 0);
+    # 1 = none. With text guidance too, the class direction's weight is guidance + class_guidance - 1
+    # (synthaug.ldm.sampling.guided_prediction).
+    class_guidance: float = Field(1.0, ge=0.0, allow_inf_nan=False)
+    # The U-Net's class input: report = softmax of the adapter's logits from the report (the reference);
+    # label = the requested class, one-hot (what teacher forcing, loss.p_label, trains it on).
+    class_source: Literal["report", "label"] = "report"
     report_source: Literal["train", "template", "empty"] = "train"  # reports used when none are given
     batch_size: int = Field(4, ge=1)
     decode_splits: int = Field(1, ge=1)  # split the VAE decoder's work along one axis (MAISI) to save memory
@@ -282,6 +288,13 @@ class SynthaugConfig(_Section):
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         return self
 
+    @model_validator(mode="after")
+    def _class_guidance_needs_a_null_class(self) -> SynthaugConfig:
+        if self.sample.class_guidance != 1.0 and self.loss.p_null == 0.0:
+            raise ValueError(f"sample.class_guidance {self.sample.class_guidance:g} needs loss.p_null > 0 (the "
+                             "null class it guides against): set loss.p_null, e.g. 0.1, or class_guidance 1")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -333,7 +346,7 @@ PRESETS["reference"] = _merge(PRESETS["paper"], {
     "loss": {"text_dropout": 0.0, "reference_focal_scaling": True, "focal_weight": 1e-4, "p_label": 0.0,
              "p_null": 0.0},
     "train": {"lr_groups": True, "ema_decay": 0.0},
-    "sample": {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "class_source": "report"},
+    "sample": {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "class_guidance": 1.0, "class_source": "report"},
 })
 
 

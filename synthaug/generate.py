@@ -1,6 +1,6 @@
 """CCELLAGenerator: a trained bundle -> synthetic volumes for (label, report, seed) requests, batched.
 
-    gen = CCELLAGenerator.from_bundle("runs/bundle", sampler="dpm++", steps=20, guidance=2.0)
+    gen = CCELLAGenerator.from_bundle("runs/bundle", sampler="dpm++", steps=20, guidance=2.0, class_guidance=2.0)
     out = gen.generate(labels=[1, 1, 0], seeds=[0, 1, 2])
     out.volumes      # (B, C, X, Y, Z) float32 in the training data's intensity units
     out.affine       # (4, 4) RAS+ affine with the bundle's spacing, volume centred on the origin
@@ -28,7 +28,14 @@ from synthaug.data.reports import template_report
 from synthaug.errors import InputError
 from synthaug.ldm.autoencoder import decode_latents
 from synthaug.ldm.bundle import Bundle, load_bundle
-from synthaug.ldm.sampling import Conditioning, build_sampler, label_probs, predicted_class_probs, sample_latents
+from synthaug.ldm.sampling import (
+    Conditioning,
+    build_sampler,
+    check_guidance,
+    label_probs,
+    predicted_class_probs,
+    sample_latents,
+)
 
 REPORT_SOURCES = ("train", "template", "empty")
 CLASS_SOURCES = ("report", "label")
@@ -53,18 +60,22 @@ class CCELLAGenerator:
 
     def __init__(self, bundle: Bundle, *, device: str | torch.device = "cpu", sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
-                 ema: bool = True, class_source: str | None = None, report_source: str | None = None,
-                 batch_size: int | None = None, text_encoder=None) -> None:  # noqa: ANN001
+                 class_guidance: float | None = None, ema: bool = True, class_source: str | None = None,
+                 report_source: str | None = None, batch_size: int | None = None,
+                 text_encoder=None) -> None:  # noqa: ANN001
         defaults = bundle.config.sample
         self.bundle = bundle
         self.device = torch.device(device)
-        self.guidance = float(defaults.guidance if guidance is None else guidance)
+        self.guidance = check_guidance(defaults.guidance if guidance is None else guidance, "guidance")
+        self.class_guidance = check_guidance(defaults.class_guidance if class_guidance is None else class_guidance,
+                                             "class_guidance")
         self.class_source = class_source or defaults.class_source
         self.report_source = report_source or defaults.report_source
         self.batch_size = int(batch_size or defaults.batch_size)
-        if self.guidance < 0:
-            raise InputError(f"must be >= 0, got {self.guidance}", where="guidance",
-                             fix="use 1 for no guidance, larger values for stronger conditioning")
+        if self.class_guidance != 1.0 and bundle.config.loss.p_null == 0.0:
+            raise InputError(f"class guidance {self.class_guidance:g} needs a bundle trained with a null class; this "
+                             "one has loss.p_null 0", where="class_guidance",
+                             fix="use class guidance 1, or train with --set loss.p_null=0.1")
         if self.class_source not in CLASS_SOURCES:
             raise InputError(f"unknown class source {self.class_source!r}", where="class_source",
                              fix=f"choose one of {', '.join(CLASS_SOURCES)}")
@@ -110,7 +121,8 @@ class CCELLAGenerator:
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output (stored in caches and provenance)."""
         return {"sampler": self.sampler.name, "steps": self.sampler.steps, "eta": getattr(self.sampler, "eta", 0.0),
-                "guidance": self.guidance, "class_source": self.class_source, "ema": self.ema}
+                "guidance": self.guidance, "class_guidance": self.class_guidance, "class_source": self.class_source,
+                "ema": self.ema}
 
     # ------------------------------------------------------------ text
 
@@ -223,7 +235,7 @@ class CCELLAGenerator:
         generators = [_seed_generator(s) for s in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         latents = sample_latents(self.ldm, self.sampler, noise, cond, guidance=self.guidance,
-                                 generators=generators, progress=progress)
+                                 class_guidance=self.class_guidance, generators=generators, progress=progress)
         probs = predicted_class_probs(self.ldm, cond)[:, 1].cpu().tolist()
         decoded = decode_latents(self.autoencoder, latents / self.bundle.scale_factor, batch_size=len(labels),
                                  device=self.device,

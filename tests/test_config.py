@@ -66,6 +66,10 @@ def test_parse_override_nests_keys_and_parses_values():
         (["loss.p_label=.nan"], ["loss.p_label", "finite"]),
         (["loss.p_null=nan"], ["loss.p_null", "finite"]),
         (["loss.focal_weight=.inf"], ["loss.focal_weight", "finite"]),
+        (["sample.guidance=-1"], ["sample.guidance", "greater than or equal to 0"]),
+        (["sample.class_guidance=-1"], ["sample.class_guidance", "greater than or equal to 0"]),
+        (["sample.class_guidance=.inf"], ["sample.class_guidance", "finite"]),
+        (["sample.class_guidance=2", "loss.p_null=0"], ["sample.class_guidance 2 needs loss.p_null > 0"]),
     ],
 )
 def test_bad_settings_name_the_field(overrides, words):

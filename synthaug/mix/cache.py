@@ -5,8 +5,9 @@
     cache.items(label=1)   # MONAI-style dicts: {"image": path, "label": 1, "is_synthetic": True, ...}
     cache.verify()         # missing / corrupt (sha256) / duplicate / torn entries
 
-Layout: ``cache.json`` (format version, bundle fingerprint, generator settings, shape, dtype, file
-format, seed), ``manifest.jsonl`` (one line per volume) and ``volumes/``. Each class is an indexed pool:
+Layout: ``cache.json`` (format version, bundle fingerprint, generator settings (sampler, steps, eta,
+guidance, class guidance, class source, EMA), shape, dtype, file format, seed), ``manifest.jsonl`` (one
+line per volume) and ``volumes/``. Each class is an indexed pool:
 volume ``j`` of class ``c`` has the id ``syn-l{c}-{j:06d}`` and a seed derived from (cache seed, c, j),
 so any set of processes, shards or runs asking for the same ids makes the same bytes. A volume is
 written to a temporary file and renamed; only then is its line appended to the manifest, under a file
@@ -113,6 +114,8 @@ class SyntheticCache:
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise InputError(f"cache format {self.meta.get('format_version')!r} is not {FORMAT_VERSION}",
                              where=str(file), fix="make the cache again with this synthaug version")
+        if isinstance(self.meta.get("generator"), dict):  # caches made before class guidance: made without it
+            self.meta["generator"] = {"class_guidance": 1.0, **self.meta["generator"]}
         self._rows: dict[str, dict[str, Any]] = {}
         self._read_size = -1
 

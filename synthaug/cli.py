@@ -156,8 +156,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
                          fix="choose another --out or pass --overwrite")
     generator = CCELLAGenerator.from_bundle(
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, eta=args.eta,
-        guidance=args.guidance, ema=not args.no_ema, class_source=args.class_source,
-        report_source=args.report_source, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+        guidance=args.guidance, class_guidance=args.class_guidance, ema=not args.no_ema,
+        class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size,
+        trust_remote_code=args.trust_remote_code)
     reports = [args.report] * args.n if args.report is not None else None
     console = _console()
     with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
@@ -186,7 +187,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for what, value in (("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
                         ("sampler", f"{generator.sampler.name}, {generator.sampler.steps} steps"
                                     + (f", eta {generator.sampler.eta:g}" if generator.sampler.name == "ddim" else "")
-                                    + f", guidance {generator.guidance}, class from {generator.class_source}"),
+                                    + f", guidance {generator.guidance}, class guidance {generator.class_guidance}"
+                                    + f", class from {generator.class_source}"),
                         ("bundle", generator.fingerprint[:16]), ("written to", str(out))):
         table.add_row(what, value)
     console.print(table)
@@ -255,8 +257,8 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     counts = class_counts(args.n, balance)
     generator = CCELLAGenerator.from_bundle(
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-        class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size,
-        trust_remote_code=args.trust_remote_code)
+        class_guidance=args.class_guidance, class_source=args.class_source, report_source=args.report_source,
+        batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
     cache = SyntheticCache.create(args.out, generator, file_format=args.format, seed=args.seed,
                                   allow_foreign=args.allow_foreign)
     console = _console()
@@ -277,7 +279,8 @@ def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
             ("reports", f"{info['distinct_reports']} distinct; sources {info['report_sources']}"),
             ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
             ("sampler", f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
-             + f", guidance {g['guidance']}, class from {g['class_source']}"),
+             + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
+             + f", class from {g['class_source']}"),
             ("bundle", info["bundle_fingerprint"][:16]), ("format", f"{info['file_format']} {info['shape']}"),
             ("size on disk", f"{info['bytes'] / 2**20:.1f} MiB")]
     for what, value in rows:
@@ -498,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=T.count(1), help="sampling steps (default: all training steps for ddpm, 20 ddim/dpm++, 30 flow)")
     p.add_argument("--eta", type=T.finite(0), help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
     p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1 = unguided)")
+    p.add_argument("--class-guidance", type=T.finite(0),
+                   help="class guidance scale: the class against the null class (default 1 = none; needs a bundle "
+                        "trained with loss.p_null > 0)")
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: use --label")
     p.add_argument("--seed", type=T.count(0), default=0, help="seed of the first volume; volume i uses seed+i")
@@ -526,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
     p.add_argument("--steps", type=T.count(1), help="sampling steps (default: the sampler's)")
     p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1)")
+    p.add_argument("--class-guidance", type=T.finite(0), help="class guidance scale (default 1 = none)")
     p.add_argument("--class-source", choices=["report", "label"], help="default: report")
     p.add_argument("--report-source", choices=["train", "template", "empty"], help="default: train")
     p.add_argument("--allow-foreign", action="store_true", help="write into a cache made by another bundle")

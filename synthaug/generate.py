@@ -1,6 +1,6 @@
 """CCELLAGenerator: a trained bundle -> synthetic volumes for (label, report, seed) requests, batched.
 
-    gen = CCELLAGenerator.from_bundle("runs/bundle", sampler="dpm++", steps=20, guidance=2.0)
+    gen = CCELLAGenerator.from_bundle("runs/bundle", sampler="dpm++", steps=20, guidance=2.0, class_guidance=2.0)
     out = gen.generate(labels=[1, 1, 0], seeds=[0, 1, 2])
     out.volumes      # (B, C, X, Y, Z) float32 in the training data's intensity units
     out.affine       # (4, 4) RAS+ affine with the bundle's spacing, volume centred on the origin
@@ -28,7 +28,13 @@ from synthaug.data.reports import template_report
 from synthaug.errors import InputError
 from synthaug.ldm.autoencoder import decode_latents
 from synthaug.ldm.bundle import Bundle, load_bundle
-from synthaug.ldm.sampling import Conditioning, build_sampler, label_probs, predicted_class_probs, sample_latents
+from synthaug.ldm.sampling import (
+    Conditioning,
+    build_sampler,
+    label_probs,
+    predicted_class_probs,
+    sample_latents,
+)
 
 
 @dataclass
@@ -50,17 +56,23 @@ class CCELLAGenerator:
 
     def __init__(self, bundle: Bundle, *, device: str | torch.device = "cpu", sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
-                 ema: bool = True, class_source: str | None = None, report_source: str | None = None,
-                 batch_size: int | None = None, text_encoder=None) -> None:  # noqa: ANN001
+                 class_guidance: float | None = None, ema: bool = True, class_source: str | None = None,
+                 report_source: str | None = None, batch_size: int | None = None,
+                 text_encoder=None) -> None:  # noqa: ANN001
         settings = bundle.config.sample.with_options(
-            sampler=sampler, steps=steps, eta=eta, guidance=guidance, class_source=class_source,
-            report_source=report_source, batch_size=batch_size)
+            sampler=sampler, steps=steps, eta=eta, guidance=guidance, class_guidance=class_guidance,
+            class_source=class_source, report_source=report_source, batch_size=batch_size)
         self.bundle = bundle
         self.device = torch.device(device)
         self.guidance = float(settings.guidance)
+        self.class_guidance = float(settings.class_guidance)
         self.class_source = settings.class_source
         self.report_source = settings.report_source
         self.batch_size = int(settings.batch_size)
+        if self.class_guidance != 1.0 and bundle.config.loss.p_null == 0.0:
+            raise InputError(f"class guidance {self.class_guidance:g} needs a bundle trained with a null class; this "
+                             "one has loss.p_null 0", where="class_guidance",
+                             fix="use class guidance 1, or train with --set loss.p_null=0.1")
         self.sampler = build_sampler(settings.sampler, bundle.config.diffusion, settings.steps, eta=float(settings.eta))
         self.ema = bool(ema and bundle.ldm_ema is not None)
         self.ldm = (bundle.ldm_ema if self.ema else bundle.ldm).to(self.device).eval()
@@ -100,7 +112,8 @@ class CCELLAGenerator:
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output (stored in caches and provenance)."""
         return {"sampler": self.sampler.name, "steps": self.sampler.steps, "eta": getattr(self.sampler, "eta", 0.0),
-                "guidance": self.guidance, "class_source": self.class_source, "ema": self.ema}
+                "guidance": self.guidance, "class_guidance": self.class_guidance, "class_source": self.class_source,
+                "ema": self.ema}
 
     # ------------------------------------------------------------ text
 
@@ -217,7 +230,7 @@ class CCELLAGenerator:
         generators = [_seed_generator(s) for s in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         latents = sample_latents(self.ldm, self.sampler, noise, cond, guidance=self.guidance,
-                                 generators=generators, progress=progress)
+                                 class_guidance=self.class_guidance, generators=generators, progress=progress)
         probs = predicted_class_probs(self.ldm, cond)[:, 1].cpu().tolist()
         decoded = decode_latents(self.autoencoder, latents / self.bundle.scale_factor, batch_size=len(labels),
                                  device=self.device,

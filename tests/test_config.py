@@ -60,6 +60,16 @@ def test_parse_override_nests_keys_and_parses_values():
         (["data.colour=red"], ["data.colour", "unknown setting"]),
         (["phantom.seed"], ["KEY=VALUE"]),
         (["data.normalisation.t2w_percentiles=[99, 1]"], ["t2w_percentiles", "low < high"]),
+        (["loss.p_label=1.5"], ["loss.p_label", "less than or equal to 1"]),
+        (["loss.p_null=-0.1"], ["loss.p_null", "greater than or equal to 0"]),
+        (["loss.p_label=0.7", "loss.p_null=0.5"], ["p_label 0.7 + p_null 0.5 is above 1", "lower one"]),
+        (["loss.p_label=.nan"], ["loss.p_label", "finite"]),
+        (["loss.p_null=nan"], ["loss.p_null", "finite"]),
+        (["loss.focal_weight=.inf"], ["loss.focal_weight", "finite"]),
+        (["sample.guidance=-1"], ["sample.guidance", "greater than or equal to 0"]),
+        (["sample.class_guidance=-1"], ["sample.class_guidance", "greater than or equal to 0"]),
+        (["sample.class_guidance=.inf"], ["sample.class_guidance", "finite"]),
+        (["sample.class_guidance=2", "loss.p_null=0"], ["sample.class_guidance 2 needs loss.p_null > 0"]),
     ],
 )
 def test_bad_settings_name_the_field(overrides, words):
@@ -67,6 +77,21 @@ def test_bad_settings_name_the_field(overrides, words):
         load_config(overrides=overrides)
     for word in words:
         assert word in err.value.message
+
+
+def test_class_slot_defaults_and_the_reference_preset():
+    tiny, reference = load_config().loss, load_config(preset="reference").loss
+    assert (tiny.p_label, tiny.p_null, tiny.focal_weight) == (0.5, 0.1, 1e-2)  # teacher forcing, a learning head
+    assert (reference.p_label, reference.p_null, reference.focal_weight) == (0.0, 0.0, 1e-4)  # the reference
+    assert PRESETS["reference"]["loss"]["p_label"] == PRESETS["reference"]["loss"]["p_null"] == 0.0  # explicit
+    assert load_config(overrides=["loss.p_label=0.9", "loss.p_null=0.1"]).loss.p_label == 0.9  # a sum of 1 is fine
+
+
+def test_cli_refuses_bad_class_slot_settings_in_one_line():
+    from test_cli import assert_one_line_error, synthaug
+
+    done = synthaug("config", "show", "--set", "loss.p_label=0.8", "--set", "loss.p_null=0.3")
+    assert_one_line_error(done, "p_label 0.8 + p_null 0.3 is above 1")
 
 
 def test_unknown_preset():

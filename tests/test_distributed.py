@@ -14,7 +14,8 @@ from synthaug.ldm.model import CCELLALDM
 from synthaug.ldm.train import train_generator
 from tests.helpers import SMALL, small_config, torch_threads
 
-STEPS = ["train.steps=4", "train.batch_size=4", "train.log_every=2"]
+# Teacher forcing and the null class are drawn per case of the global batch, like the noise and text dropout.
+STEPS = ["train.steps=4", "train.batch_size=4", "train.log_every=2", "loss.p_label=0.5", "loss.p_null=0.25"]
 
 
 def test_two_gloo_processes_train_the_parameters_one_process_does(small_phantom, tmp_path):

@@ -1,4 +1,4 @@
-"""CCELLAGenerator and `synthaug generate`: determinism, guidance, class control, geometry, bad input."""
+"""CCELLAGenerator and `synthaug generate`: determinism, text and class guidance, class control, geometry, bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from synthaug.data.io import read_volume
 from synthaug.cli import main
 from synthaug.errors import InputError
 from synthaug.generate import CCELLAGenerator
-from synthaug.ldm.bundle import LDM_EMA_FILE
+from synthaug.ldm.bundle import CONFIG_FILE, LDM_EMA_FILE, load_bundle
+from synthaug.ldm.model import null_class
 from synthaug.ldm.sampling import guided_prediction
 from tests.test_cli import assert_one_line_error, synthaug
 
@@ -72,17 +73,79 @@ def test_deterministic_ddim_repeats_exactly(generator):
     assert torch.equal(a.volumes, b.volumes)
 
 
-def test_guidance_one_is_exactly_the_unguided_model(generator):
+def _point(generator: CCELLAGenerator, reports: list[str]):  # noqa: ANN202
+    """Conditioning for labels [1, 0] with ``reports``, and a fixed point (x, t) of the reverse chain."""
+    cond = generator._conditioning([1, 0], reports)
+    return cond, torch.randn(2, 4, 8, 8, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 20])
+
+
+def _unet_batches(ldm, cond, *scales: float) -> list[int]:  # noqa: ANN001
+    """The batch size of each U-Net call that one guided prediction of 2 cases makes with (guidance, class guidance)."""
+    sizes = []
+    handle = ldm.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    try:
+        guided_prediction(ldm, torch.zeros(2, 4, 8, 8, 4), torch.tensor([500, 20]), cond, *scales)
+    finally:
+        handle.remove()
+    return sizes
+
+
+def test_guidance_and_class_guidance_one_are_exactly_the_unguided_model(generator):
     ldm = generator.ldm
-    cond = generator._conditioning([1, 0], [REPORT, ""])
-    x = torch.randn(2, 4, 8, 8, 4, generator=torch.Generator().manual_seed(0))
-    t = torch.tensor([500, 20])
+    cond, x, t = _point(generator, [REPORT, ""])
     plain, _ = ldm(x, t, cond.text, cond.mask, cond.spacing)
     assert torch.equal(guided_prediction(ldm, x, t, cond, 1.0), plain)
+    assert torch.equal(guided_prediction(ldm, x, t, cond, 1.0, 1.0), plain)
     assert not torch.allclose(guided_prediction(ldm, x, t, cond, 3.0), plain)
     # w = 0 is the unconditional model: the empty report with the class the adapter predicts from it
     null = ldm(x, t, cond.null_text.expand(2, -1, -1), cond.null_mask.expand(2, -1), cond.spacing)[0]
     assert torch.allclose(guided_prediction(ldm, x, t, cond, 0.0), null, atol=1e-6)
+    # a scale of 1 adds no branch: 2 cases are 2, 4 (text guidance), 4 (class guidance) or 6 U-Net rows
+    scales = ((1.0, 1.0), (3.0, 1.0), (1.0, 3.0), (3.0, 3.0))
+    assert [_unet_batches(ldm, cond, *s) for s in scales] == [[2], [4], [4], [6]]
+    a = generator.generate([1, 0], reports=[REPORT, ""], seeds=[4, 5])
+    b = CCELLAGenerator.from_bundle(generator.bundle.path, sampler="ddim", steps=4, eta=0.0, class_guidance=1.0)
+    assert torch.equal(a.volumes, b.generate([1, 0], reports=[REPORT, ""], seeds=[4, 5]).volumes)
+
+
+def test_class_guidance_pushes_the_class_against_the_null_class(generator, small_bundle):
+    ldm = generator.ldm
+    cond, x, t = _point(generator, [REPORT, REPORT])
+    context, logits = ldm.adapter(cond.text, cond.mask, t)
+    c = ldm.unet(x, t, context, logits.softmax(dim=-1), cond.spacing)  # the report's class (class_source report)
+    n = ldm.unet(x, t, context, null_class(2), cond.spacing)  # the null class
+    u = ldm(x, t, cond.null_text.expand(2, -1, -1), cond.null_mask.expand(2, -1), cond.spacing)[0]
+    assert not torch.allclose(c, n)
+    torch.testing.assert_close(guided_prediction(ldm, x, t, cond, 1.0, 2.5), n + 2.5 * (c - n))
+    torch.testing.assert_close(guided_prediction(ldm, x, t, cond, 2.0, 2.5), u + 2.0 * (c - u) + 1.5 * (c - n))
+
+    guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, eta=0.0, class_guidance=3.0)
+    a = generator.generate([1], reports=[REPORT], seeds=[3])
+    b = guided.generate([1], reports=[REPORT], seeds=[3])
+    assert not torch.allclose(a.volumes, b.volumes)
+    assert b.provenance[0]["class_guidance"] == 3.0 and a.provenance[0]["class_guidance"] == 1.0
+
+
+def test_class_guidance_is_refused_on_a_bundle_trained_without_a_null_class(small_bundle, tmp_path):
+    from dataclasses import replace
+
+    bundle = load_bundle(small_bundle)
+    assert bundle.config.loss.p_null > 0  # the default trains the null class
+    loss = bundle.config.loss.model_copy(update={"p_null": 0.0})
+    no_null = replace(bundle, config=bundle.config.model_copy(update={"loss": loss}))
+    with pytest.raises(InputError, match="p_null 0") as err:
+        CCELLAGenerator(no_null, class_guidance=2.0)
+    assert err.value.where == "class_guidance"
+    CCELLAGenerator(no_null, sampler="ddim", steps=1)  # without class guidance: fine
+    # bundles written before the class-slot settings were trained without a null class
+    old = tmp_path / "old"
+    shutil.copytree(small_bundle, old)
+    document = json.loads((old / CONFIG_FILE).read_text())
+    del document["config"]["loss"]["p_label"], document["config"]["loss"]["p_null"]
+    (old / CONFIG_FILE).write_text(json.dumps(document))
+    assert load_bundle(old, verify=False).config.loss.p_null == 0.0
+    with pytest.raises(InputError, match="p_null 0"):
+        CCELLAGenerator.from_bundle(old, verify=False, class_guidance=2.0)
 
 
 def _class_inputs(generator: CCELLAGenerator, labels: list[int], report: str) -> torch.Tensor:
@@ -125,6 +188,8 @@ def test_bad_requests_are_one_clear_error(generator, small_bundle):
         generator.generate([1, 0], seeds=[1])
     for options, match in (({"sampler": "plms"}, "sampler"), ({"steps": 0}, "sample.steps"),
                            ({"steps": 1001}, "between 1 and 1000"), ({"guidance": -0.5}, "greater than or equal to 0"),
+                           ({"guidance": float("inf")}, "finite"), ({"class_guidance": -1.0}, "greater than or equal"),
+                           ({"class_guidance": float("nan")}, "finite"),
                            ({"sampler": "flow"}, "cannot sample")):
         with pytest.raises(InputError, match=match):
             CCELLAGenerator.from_bundle(small_bundle, **options)
@@ -161,11 +226,17 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
     assert (out / "montage.png").read_bytes()[:4] == b"\x89PNG"
 
     for args, match in ((["--label", "3"], "--label"), (["--steps", "0"], "steps"), (["--guidance", "-1"], "guidance"),
+                        (["--class-guidance", "-1"], "class_guidance"), (["--class-guidance", "nan"], "class_guidance"),
                         (["--sampler", "flow"], "cannot sample")):
         done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", *args)
         assert_one_line_error(done, match)
         assert not (tmp_path / "bad").exists()
     assert_one_line_error(in_process(capsys, "generate", "--bundle", small_bundle, "--out", out), "not empty")
+    done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "cg", "--n", "1",
+                      "--steps", "1", "--class-guidance", "2")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cg" / "provenance.jsonl").read_text())["class_guidance"] == 2.0
+    assert "class guidance 2.0" in " ".join(done.stdout.split())
     done = in_process(capsys, "generate", "--bundle", tmp_path / "nope", "--out", tmp_path / "o2")
     assert_one_line_error(done, "bundle folder not found")
     assert not (tmp_path / "o2").exists()

@@ -1,4 +1,4 @@
-"""CCELLA networks: adapter, conditioned U-Net, the joint model, joint loss and text dropout."""
+"""CCELLA networks: adapter, conditioned U-Net, the joint model, joint loss, text dropout and class-slot draws."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from monai.losses import FocalLoss
 
 from synthaug.config import AdapterConfig, LossConfig, UNetConfig, load_config
 from synthaug.ldm.adapter import AdaLayerNorm, CCELLAAdapter
-from synthaug.ldm.model import CCELLALDM, joint_loss, text_dropout
+from synthaug.ldm.model import CCELLALDM, class_slot, joint_loss, null_class, text_dropout
 from synthaug.ldm.unet import CCELLAUNet
 
 B, C, LATENT, T, DT = 2, 4, (16, 16, 8), 12, 32
@@ -182,6 +182,55 @@ def test_given_class_probs_replace_the_prediction():
     positive.abs().mean().backward()  # by label, the adapter is trained through the context alone
     assert model.adapter.proj_in.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.adapter.classifier.parameters())
+
+
+def test_given_mask_feeds_the_given_class_to_some_cases_and_the_prediction_to_the_rest():
+    model = tiny_model().eval()
+    x = inputs(3)
+    seen = []
+    model.unet.register_forward_pre_hook(lambda m, args: seen.append(args[3]))
+    _, logits = model(**x)
+    given_probs = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    model(**x, class_probs=given_probs, given=torch.tensor([True, True, False]))
+    expected = torch.cat([given_probs[:2], logits[2:].softmax(-1)])
+    assert torch.equal(seen[-1], expected)  # the label, the null class, the adapter's prediction
+
+
+# ---------------------------------------------------------------- class-slot draws (teacher forcing)
+
+
+def test_class_slot_draws_nothing_when_both_probabilities_are_zero():
+    g = torch.Generator().manual_seed(3)
+    before = g.get_state()
+    assert class_slot(torch.tensor([0, 1, 1]), 0.0, 0.0, generator=g) == (None, None)
+    assert torch.equal(g.get_state(), before)  # the reference's random stream is untouched
+
+
+def test_class_slot_gives_one_hot_labels_null_classes_and_the_adapter_in_proportion():
+    labels = torch.arange(4000) % 2
+    probs, given = class_slot(labels, 0.5, 0.2, generator=torch.Generator().manual_seed(0))
+    forced = given & (probs.sum(dim=1) == 1)
+    null = given & (probs.sum(dim=1) == 0)
+    assert torch.equal(probs[forced], F.one_hot(labels[forced], 2).float())
+    assert torch.equal(probs[null], null_class(int(null.sum())))
+    assert forced.float().mean() == pytest.approx(0.5, abs=0.03)
+    assert null.float().mean() == pytest.approx(0.2, abs=0.03)
+    assert (~given).float().mean() == pytest.approx(0.3, abs=0.03)
+    everything, given = class_slot(labels[:8], 1.0, 0.0)
+    assert given.all() and torch.equal(everything, F.one_hot(labels[:8], 2).float())
+    nothing, given = class_slot(labels[:8], 0.0, 1.0)
+    assert given.all() and not nothing.any()
+
+
+def test_class_slot_draws_follow_the_seed():
+    labels = torch.arange(64) % 2
+
+    def draw(seed):
+        probs, given = class_slot(labels, 0.4, 0.3, generator=torch.Generator().manual_seed(seed))
+        return torch.cat([probs, given[:, None].float()], dim=1)
+
+    assert torch.equal(draw(5), draw(5))
+    assert not torch.equal(draw(5), draw(6))
 
 
 # ---------------------------------------------------------------- joint loss

@@ -161,6 +161,32 @@ def test_cache_info_shows_counts_reports_sampler_bundle_and_size(small_cache):
     assert info["bundle_fingerprint"][:16] in out and "MiB" in out
 
 
+def test_class_guidance_is_a_cache_setting_shown_by_cache_info(small_bundle, small_cache, tmp_path, capsys):
+    from synthaug.cli import main
+
+    out = tmp_path / "guided"
+    assert main(["pregenerate", "--bundle", str(small_bundle), "--out", str(out), "--n", "2", *FAST,
+                 "--class-guidance", "2"]) == 0
+    assert json.loads((out / CACHE_FILE).read_text())["generator"]["class_guidance"] == 2.0
+    capsys.readouterr()
+    assert main(["cache", "info", str(out)]) == 0
+    assert "guidance 1.0, class guidance 2.0" in " ".join(capsys.readouterr().out.split())
+    code = main(["pregenerate", "--bundle", str(small_bundle), "--out", str(tmp_path / "bad"), "--n", "2",
+                 "--class-guidance", "-1"])
+    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), "class_guidance")
+    assert not (tmp_path / "bad").exists()
+    guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_guidance=2.0)
+    with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):
+        SyntheticCache.create(small_cache, guided)
+    # a cache made before class guidance existed was made without it
+    old = tmp_path / "old"
+    shutil.copytree(small_cache, old)
+    meta = json.loads((old / CACHE_FILE).read_text())
+    del meta["generator"]["class_guidance"]
+    (old / CACHE_FILE).write_text(json.dumps(meta))
+    SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2))
+
+
 def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(small_cache, generator, tmp_path):
     folder = tmp_path / "torn"
     shutil.copytree(small_cache, folder)

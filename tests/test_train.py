@@ -48,6 +48,50 @@ def test_bundle_round_trip_is_bit_exact(trained, phantom):
     assert bundle.config.preset == "tiny" and bundle.config.train.steps == 6
 
 
+def test_the_log_has_the_adapters_class_accuracy_on_the_validation_reports(trained, phantom):
+    from synthaug.text.encoder import TextEncoder
+    from synthaug.text.store import EmbeddingStore
+
+    out, _ = trained
+    log = [json.loads(line) for line in out.with_name("bundle.work").joinpath("ldm_log.jsonl").read_text().splitlines()]
+    assert all({"val_class_acc", "val_class_acc_ema"} <= r.keys() for r in log)  # step 0 too
+    val = [c for c in load_manifest(phantom).split("val") if c.report.strip()]  # cases with a report only
+    assert val
+    bundle = load_bundle(out)
+    text = EmbeddingStore(out.with_name("bundle.work") / "text", TextEncoder.from_config(bundle.config.text)).get(
+        [c.report for c in val])
+    labels = torch.tensor([c.label for c in val])
+    for key, ldm in (("val_class_acc", bundle.ldm), ("val_class_acc_ema", bundle.ldm_ema)):
+        logits = ldm.adapter(text.features, text.mask, torch.zeros(len(val), dtype=torch.long))[1]  # t = 0
+        assert log[-1][key] == pytest.approx(float((logits.argmax(dim=1) == labels).float().mean())), key
+
+
+def test_validation_accuracy_is_the_adapters_prediction_at_t0_on_the_validation_reports(tmp_path):
+    from synthaug.text.store import TextBatch
+    from tests.test_class_slot import DIM, TOKENS, toy_trainer
+
+    def reports(labels, seed):  # toy reports whose first feature says the class
+        text = torch.randn(len(labels), TOKENS, DIM, generator=torch.Generator().manual_seed(seed))
+        text[:, :, 0] = 4.0 * (2 * labels[:, None] - 1)
+        return text
+
+    train_labels, val_labels = torch.arange(8) % 2, torch.tensor([1, 1, 0, 1, 0, 0])
+    trainer = toy_trainer(tmp_path, "loss.focal_weight=1", "train.lr=0.003", "train.ema_decay=0.9",
+                          labels=train_labels, text=reports(train_labels, 0))
+    trainer.val = (TextBatch(reports(val_labels, 1), torch.ones(6, TOKENS, dtype=torch.bool),
+                             torch.zeros(6, dtype=torch.bool)), val_labels)
+    for _ in range(30):
+        trainer.train_step()
+    timesteps = {"raw": [], "ema": []}
+    for name, ldm in (("raw", trainer.model), ("ema", trainer.ema.module)):
+        ldm.adapter.register_forward_pre_hook(lambda m, args, seen=timesteps[name]: seen.append(args[2]))
+    assert trainer.val_class_accuracy() == {"val_class_acc": 1.0, "val_class_acc_ema": 1.0}
+    for seen in timesteps.values():  # the raw and the EMA adapter read every report at t = 0
+        assert torch.equal(torch.cat(seen), torch.zeros(6, dtype=torch.long))
+    trainer.val = (trainer.val[0], 1 - val_labels)  # the same reports with every label wrong
+    assert trainer.val_class_accuracy() == {"val_class_acc": 0.0, "val_class_acc_ema": 0.0}
+
+
 def test_bundle_refuses_changed_or_missing_files(trained, tmp_path):
     out, _ = trained
     copy = tmp_path / "copy"

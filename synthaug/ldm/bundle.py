@@ -177,6 +177,15 @@ def read_train_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return cases
 
 
+def config_of(document: dict[str, Any]) -> dict[str, Any]:
+    """The ``config`` of a bundle's ``config.json``; settings added since it was written take the values that
+    reproduce how it was trained (bundles before the class-slot settings: no teacher forcing, no null class)."""
+    config = dict(document["config"])
+    if isinstance(config.get("loss"), dict):
+        config["loss"] = {"p_label": 0.0, "p_null": 0.0, **config["loss"]}
+    return config
+
+
 def load_state(model: nn.Module, file: str | os.PathLike[str]) -> nn.Module:
     """Load safetensors weights into ``model`` strictly; a wrong architecture is an ``InputError``."""
     try:
@@ -201,7 +210,7 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     path = Path(path)
     document, fingerprint = read_bundle_info(path, verify=verify)
     try:
-        config = SynthaugConfig.model_validate(document["config"])
+        config = SynthaugConfig.model_validate(config_of(document))
     except Exception as exc:  # pydantic ValidationError or a missing key
         raise ConfigError(f"bundle config is invalid ({type(exc).__name__})", where=str(path / CONFIG_FILE),
                           fix="use the synthaug version that wrote it") from exc

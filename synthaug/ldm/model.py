@@ -1,7 +1,8 @@
-"""CCELLALDM = CCELLA adapter + conditioned U-Net; the joint loss; text dropout for classifier-free guidance.
+"""CCELLALDM = CCELLA adapter + conditioned U-Net; the joint loss; text dropout and class-slot draws for guidance.
 
     model = CCELLALDM.from_config(cfg, text_dim=384)
-    noise_pred, class_logits = model(x_t, t, text, mask, spacing)
+    class_probs, given = class_slot(labels, cfg.loss.p_label, cfg.loss.p_null, generator)  # teacher forcing
+    noise_pred, class_logits = model(x_t, t, text, mask, spacing, class_probs, given)
     loss, logs = joint_loss(noise_pred, noise, class_logits, labels, text_isnull, cfg.loss)
 """
 
@@ -17,6 +18,12 @@ from synthaug.ldm.adapter import NUM_CLASSES, CCELLAAdapter
 from synthaug.ldm.unet import CCELLAUNet
 
 REFERENCE_FOCAL_SCALE = 100.0  # the reference's one-hot focal target is (accidentally) multiplied by 100
+
+
+def null_class(batch: int, like: torch.Tensor | None = None) -> torch.Tensor:
+    """The null class input (B, 2): zeros, neither a one-hot label nor a softmax output ("no class")."""
+    return torch.zeros(batch, NUM_CLASSES, dtype=torch.float32 if like is None else like.dtype,
+                       device=None if like is None else like.device)
 
 
 class CCELLALDM(nn.Module):
@@ -43,16 +50,21 @@ class CCELLALDM(nn.Module):
         mask: torch.Tensor | None,
         spacing: torch.Tensor | None = None,
         class_probs: torch.Tensor | None = None,
+        given: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t (B, C, D, H, W), t (B,), text (B, T, Dt), mask (B, T) -> noise_pred (B, C, D, H, W), class_logits (B, 2).
 
         ``class_probs`` None: the U-Net gets ``softmax(class_logits)``, not detached, so the diffusion loss
-        also trains the adapter through the class path (the reference). Given (B, 2): used instead
-        (class control by label).
+        also trains the adapter through the class path (the reference). Given (B, 2): used instead (class
+        control by label, the null class), for every case, or with ``given`` (B,) bool only where it is
+        True, the rest keeping the adapter's prediction (teacher forcing, ``class_slot``).
         """
         context, class_logits = self.adapter(text, mask, t)  # (B, N, W), (B, 2)
         if class_probs is None:
             class_probs = class_logits.softmax(dim=-1)
+        elif given is not None:
+            predicted = class_logits.softmax(dim=-1)
+            class_probs = torch.where(given.to(predicted.device)[:, None], class_probs.to(predicted), predicted)
         noise_pred = self.unet(x_t, t, context, class_probs, spacing)
         return noise_pred, class_logits
 
@@ -121,3 +133,26 @@ def text_dropout(
     mask = torch.where(drop[:, None].to(mask.device), null_mask, mask)
     isnull = isnull | drop.to(isnull.device)
     return text, mask, isnull
+
+
+def class_slot(
+    labels: torch.Tensor,
+    p_label: float,
+    p_null: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Draw what the U-Net's class slot gets for each training case (``LossConfig``): the label or the null class.
+
+    One uniform draw per case u: u < p_label -> the one-hot label (teacher forcing), p_label <= u <
+    p_label + p_null -> ``null_class``, else the adapter's prediction. Returns ``(class_probs (B, 2),
+    given (B,) bool)`` for ``CCELLALDM.forward``. ``p_label = p_null = 0`` (the reference) draws nothing
+    and returns ``(None, None)``.
+    """
+    if p_label <= 0 and p_null <= 0:
+        return None, None
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(len(labels), generator=generator, device=gen_device).to(labels.device)  # (B,)
+    forced = u < p_label
+    onehot = F.one_hot(labels.long(), NUM_CLASSES).float()
+    probs = torch.where(forced[:, None], onehot, null_class(len(labels), like=onehot))  # (B, 2)
+    return probs, forced | (u < p_label + p_null)

@@ -1,7 +1,7 @@
-"""Samplers with one interface, classifier-free guidance, class control, and the latent sampling loop.
+"""Samplers with one interface, text and class guidance, class control, and the latent sampling loop.
 
     sampler = build_sampler("dpm++", cfg.diffusion, steps=20)
-    latents, class_probs = sample_latents(ldm, sampler, noise, cond, guidance=2.0)
+    latents = sample_latents(ldm, sampler, noise, cond, guidance=2.0, class_guidance=2.0)
 
 Samplers wrap library schedulers (diffusers' ``DDPMScheduler``, ``DDIMScheduler`` (trailing spacing)
 and ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M); MONAI's ``RFlowScheduler`` for rectified flow,
@@ -15,6 +15,7 @@ diffusers schedulers keep the two consistent.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 from synthaug.config import DiffusionConfig
 from synthaug.errors import InputError
+from synthaug.ldm.model import null_class
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "flow")
 DEFAULT_STEPS = {"ddpm": None, "ddim": 20, "dpm++": 20, "flow": 30}  # None: every training step (the reference)
@@ -221,17 +223,32 @@ def label_probs(labels: Sequence[int]) -> torch.Tensor:
     return F.one_hot(torch.as_tensor(list(labels), dtype=torch.long), 2).float()
 
 
+def check_guidance(scale: float, name: str) -> float:
+    """A guidance scale as a float; negative or non-finite ones are an ``InputError`` naming ``name``."""
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale >= 0):
+        raise InputError(f"must be >= 0 and finite, got {scale}", where=name, fix="use 1 for no guidance")
+    return scale
+
+
 @torch.no_grad()
 def guided_prediction(ldm, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,  # noqa: ANN001
-                      guidance: float) -> torch.Tensor:
-    """The model output at (x, t), with classifier-free guidance ``u + w (c - u)``; w = 1 is one plain pass.
+                      guidance: float, class_guidance: float = 1.0) -> torch.Tensor:
+    """The model output at (x, t) with text guidance ``s_t`` and class guidance ``s_c``; both 1 is one plain pass.
 
-    The unconditional branch gets the empty report and the class the adapter predicts from it (what the
-    model saw for dropped reports in training); the conditional branch the report and either the
-    adapter's class or the requested one.
+    Three branches: ``c`` = the report with the requested class (the adapter's, or a label), ``u`` = the
+    empty report with the class the adapter predicts from it (what the model saw for dropped reports in
+    training), ``n`` = the report with the null class (``synthaug.ldm.model.null_class``)::
+
+        out = u + s_t (c - u) + (s_c - 1) (c - n)
+
+    Text guidance ``u + s_t (c - u)`` compares everything the request says, class included, with nothing
+    (the classifier-free guidance of earlier versions, unchanged); class guidance adds the class alone,
+    ``n + s_c (c - n)`` when ``s_t`` is 1. Together the class direction is weighted ``s_t + s_c - 1``. A
+    branch whose scale is 1 is not computed, so ``s_c = 1`` costs what it did before class guidance.
     """
-    if guidance < 0:
-        raise InputError(f"must be >= 0, got {guidance}", where="guidance", fix="use 1 for no guidance")
+    guidance = check_guidance(guidance, "guidance")
+    class_guidance = check_guidance(class_guidance, "class_guidance")
     b = x.shape[0]
     if guidance == 1.0:
         text, mask, probs, xs, ts, spacing = cond.text, cond.mask, cond.class_probs, x, t, cond.spacing
@@ -245,11 +262,17 @@ def guided_prediction(ldm, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
     class_probs = logits.softmax(dim=-1)
     if probs is not None:
         class_probs = torch.cat([probs.to(class_probs), class_probs[b:]])
+    if class_guidance != 1.0:  # the report's context again, with the null class
+        context, class_probs = torch.cat([context, context[:b]]), torch.cat([class_probs, null_class(b, class_probs)])
+        xs, ts, spacing = torch.cat([xs, x]), torch.cat([ts, t]), torch.cat([spacing, cond.spacing])
     out = ldm.unet(xs, ts, context, class_probs, spacing)
-    if guidance == 1.0:
-        return out
-    conditional, unconditional = out[:b], out[b:]
-    return unconditional + guidance * (conditional - unconditional)
+    conditional = guided = out[:b]
+    if guidance != 1.0:
+        unconditional = out[b:2 * b]
+        guided = unconditional + guidance * (conditional - unconditional)
+    if class_guidance != 1.0:
+        guided = guided + (class_guidance - 1.0) * (conditional - out[-b:])
+    return guided
 
 
 @torch.no_grad()
@@ -261,18 +284,18 @@ def predicted_class_probs(ldm, cond: Conditioning) -> torch.Tensor:  # noqa: ANN
 
 @torch.no_grad()
 def sample_latents(ldm, sampler: Sampler, noise: torch.Tensor, cond: Conditioning, *,  # noqa: ANN001
-                   guidance: float = 1.0, generators: Sequence[torch.Generator] | None = None,
-                   progress=None) -> torch.Tensor:  # noqa: ANN001
+                   guidance: float = 1.0, class_guidance: float = 1.0,
+                   generators: Sequence[torch.Generator] | None = None, progress=None) -> torch.Tensor:  # noqa: ANN001
     """Run the reverse chain from ``noise`` (B, C, x, y, z) to clean (scaled) latents of the same shape.
 
-    ``generators`` (one per sample) feed the stochastic samplers' noise; ``progress(done, total)`` is
-    called after every step.
+    ``guidance`` / ``class_guidance`` as in ``guided_prediction``; ``generators`` (one per sample) feed the
+    stochastic samplers' noise; ``progress(done, total)`` is called after every step.
     """
     sampler.set_timesteps(sampler.steps)  # fresh state (DPM-Solver++ keeps a history)
     x = noise
     for i, t in enumerate(sampler.timesteps, start=1):
         ts = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = guided_prediction(ldm, x, ts, cond, guidance)
+        out = guided_prediction(ldm, x, ts, cond, guidance, class_guidance)
         x = sampler.step(out.float(), t, x, generators)
         if progress is not None:
             progress(i, sampler.steps)

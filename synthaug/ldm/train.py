@@ -6,9 +6,11 @@ Stages (each cached in the work folder, so a re-run or ``resume=True`` repeats n
 1. the manifest's train split is preprocessed (``synthaug.data.transforms``);
 2. the 3D VAE is trained (or loaded from ``autoencoder=``), the cases are encoded once to latents and
    the scale factor is 1/std over all of them;
-3. reports are encoded once by the frozen text encoder (``synthaug.text``);
+3. reports (the train split's, and the val split's for the logged class accuracy) are encoded once by
+   the frozen text encoder (``synthaug.text``);
 4. the LDM (adapter + U-Net) trains on the cached latents with the joint loss: AdamW, polynomial
-   decay, gradient clipping, autocast, EMA, text dropout; checkpoints every N steps and on
+   decay, gradient clipping, autocast, EMA, text dropout, teacher forcing of the U-Net's class slot;
+   ``ldm_log.jsonl`` logs the losses and the adapter's val class accuracy; checkpoints every N steps and on
    SIGINT/SIGTERM; ``resume=True`` continues exactly where the last checkpoint left off;
 5. the bundle (``synthaug.ldm.bundle``) is written.
 """
@@ -21,7 +23,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,7 @@ from synthaug.ldm.autoencoder import (
     train_autoencoder,
 )
 from synthaug.ldm.bundle import AUTOENCODER_FILE, read_bundle_info, save_bundle
-from synthaug.ldm.model import CCELLALDM, joint_loss, text_dropout
+from synthaug.ldm.model import CCELLALDM, class_slot, joint_loss, text_dropout
 from synthaug.ldm.sampling import training_scheduler, training_target
 
 Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, logs)
@@ -194,16 +196,24 @@ def prepare_latents(model: torch.nn.Module, volumes: torch.Tensor, work: Path, a
 # ---------------------------------------------------------------- stage 2: text
 
 
-def prepare_text(encoder, reports: list[str], work: Path, progress: Progress | None):  # noqa: ANN001, ANN201
-    """Encode the training reports and the empty report once with ``encoder``; returns (features, null)."""
+def prepare_text(encoder, reports: list[str], work: Path, progress: Progress | None,  # noqa: ANN001, ANN201
+                 val_reports: Sequence[str] = ()):
+    """Encode the training reports, the empty report and any validation reports once with ``encoder``;
+    returns (train TextBatch, empty-report TextBatch, validation TextBatch or None)."""
     from synthaug.text.store import EmbeddingStore
 
     store = EmbeddingStore(work / "text", encoder)
     report = (lambda done, total: progress("text", done, total, {})) if progress else None
-    store.precompute([*reports, ""], progress=report)
+    store.precompute([*reports, "", *val_reports], progress=report)
     batch = store.get(reports)  # (N, T, D), padded to the longest report
     null = store.get([""])
-    return batch, null
+    return batch, null, store.get(list(val_reports)) if val_reports else None
+
+
+def validation_reports(manifest: Manifest) -> tuple[list[str], torch.Tensor]:
+    """The val split's non-empty reports and their labels: what the adapter's class accuracy is measured on."""
+    cases = [c for c in manifest.split("val") if c.report.strip()]
+    return [c.report for c in cases], torch.tensor([c.label for c in cases], dtype=torch.long)
 
 
 # ---------------------------------------------------------------- stage 3: the LDM
@@ -277,7 +287,9 @@ class LDMTrainer:
     """The LDM optimisation loop on cached latents and text features, with exact checkpoint/resume."""
 
     def __init__(self, cfg: SynthaugConfig, latents: torch.Tensor, labels: torch.Tensor, text, null,  # noqa: ANN001
-                 device: torch.device, run_key: str, work: Path, dist: Dist | None = None) -> None:
+                 device: torch.device, run_key: str, work: Path, dist: Dist | None = None,
+                 val: tuple | None = None) -> None:
+        """``val``: (TextBatch, labels (M,)) of validation reports for the logged class accuracy, or None."""
         self.cfg = cfg
         self.device = device
         self.dist = dist or Dist()
@@ -286,6 +298,7 @@ class LDMTrainer:
                               where="train.batch_size", fix=f"use a multiple of {self.dist.world} (the global batch)")
         self.latents, self.labels = latents, labels  # (N, C, d, h, w) scaled, (N,)
         self.text, self.null = text, null
+        self.val = val if val is not None and len(val[1]) else None
         self.run_key = run_key
         self.checkpoints = work / "checkpoints"
         self.log_file = work / "ldm_log.jsonl"
@@ -331,6 +344,28 @@ class LDMTrainer:
                              self.spacing.expand(len(p["t"]), 3).to(dev))
         return float(torch.nn.functional.l1_loss(pred.float(), p["target"].to(dev)))
 
+    @torch.no_grad()
+    def val_class_accuracy(self) -> dict[str, float]:
+        """The adapter's class accuracy on the validation reports at t = 0 (where generation reads its
+        prediction), for the raw and the EMA weights; empty without validation reports."""
+        if self.val is None:
+            return {}
+        text, labels = self.val
+        models = {"val_class_acc": self.model}
+        if self.ema is not None:
+            models["val_class_acc_ema"] = self.ema.module
+        out = {}
+        for key, model in models.items():
+            model.eval()
+            correct = 0
+            for start in range(0, len(labels), self.cfg.train.batch_size):
+                part = slice(start, start + self.cfg.train.batch_size)
+                t = torch.zeros(len(labels[part]), dtype=torch.long, device=self.device)
+                logits = model.adapter(text.features[part].to(self.device), text.mask[part].to(self.device), t)[1]
+                correct += int((logits.argmax(dim=-1).cpu() == labels[part]).sum())
+            out[key] = correct / len(labels)
+        return out
+
     # -- checkpoints
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         opt_tensors, self._opt_rest = ckpt.flatten_optimizer(self.optimizer.state_dict())
@@ -370,16 +405,20 @@ class LDMTrainer:
         text, mask, isnull = text_dropout(text, mask, isnull, self.null.features[0], self.null.mask[0],
                                           cfg.loss.text_dropout, generator=g)
         labels = self.labels[idx]
+        class_probs, given = class_slot(labels, cfg.loss.p_label, cfg.loss.p_null, generator=g)  # None, None: no draw
         focal_denominator = None
         if self.dist.active:  # every draw above is for the global batch (the same on every rank); keep our share
             focal_denominator = isnull.logical_not().sum().clamp(min=1).float() / self.dist.world
             part = self.dist.local_slice(len(idx))
             x_t, t, target, text, mask, isnull, labels = (v[part] for v in (x_t, t, target, text, mask, isnull, labels))
+            if given is not None:
+                class_probs, given = class_probs[part], given[part]
         dev = self.device
+        slot = {} if given is None else {"class_probs": class_probs.to(dev), "given": given.to(dev)}
         self.model.train()
         with torch.autocast(dev.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             pred, logits = self.forward(x_t.to(dev), t.to(dev), text.to(dev), mask.to(dev),
-                                        self.spacing.expand(len(t), 3).to(dev))
+                                        self.spacing.expand(len(t), 3).to(dev), **slot)
             loss, logs = joint_loss(pred, target.to(dev), logits, labels.to(dev), isnull.to(dev), cfg.loss,
                                     focal_denominator=focal_denominator)
         if not math.isfinite(logs["loss"]):
@@ -419,7 +458,7 @@ class LDMTrainer:
         log_file = open(self.log_file, "a", encoding="utf-8") if main else contextlib.nullcontext()  # noqa: SIM115
         with _stop_signals() as flag, log_file as log:
             if self.step == 0 and main:
-                log.write(json.dumps({"step": 0, "probe_l1": self.probe_loss()}) + "\n")
+                log.write(json.dumps({"step": 0, "probe_l1": self.probe_loss(), **self.val_class_accuracy()}) + "\n")
             while self.step < cfg.steps:
                 logs = self.train_step()
                 logs["step"] = self.step
@@ -427,6 +466,7 @@ class LDMTrainer:
                 history.append(logs)
                 if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     logs["probe_l1"] = self.probe_loss()
+                    logs.update(self.val_class_accuracy())
                     log.write(json.dumps(logs) + "\n")
                     log.flush()
                 if progress and main:
@@ -519,14 +559,16 @@ def train_generator(
         latents = prepare_latents(vae, volumes, work, ae_hash, cfg, device)
         del volumes
         reports = [c.report for c in cases]
-        text, null = prepare_text(encoder, reports, work, progress)
+        val_reports, val_labels = validation_reports(manifest)
+        text, null, val_text = prepare_text(encoder, reports, work, progress, val_reports)
     scale = scale_factor(latents)
     labels = torch.tensor([c.label for c in cases])
 
     # Only what shapes the LDM's training: the phantom and sampling sections can change and a checkpoint still resumes.
     run_key = _hash(key, ae_hash, encoder.fingerprint,
                     {k: v for k, v in cfg.to_dict().items() if k not in ("phantom", "sample", "preset")})
-    trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work, dist)
+    trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work, dist,
+                         val=(val_text, val_labels) if val_text is not None else None)
     if resume and ckpt.has_checkpoint(checkpoints):  # else the run was stopped before the LDM stage began
         trainer.restore()
     history = trainer.run(progress)

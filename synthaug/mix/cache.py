@@ -5,8 +5,9 @@
     cache.items(label=1)   # MONAI-style dicts: {"image": path, "label": 1, "is_synthetic": True, ...}
     cache.verify()         # missing / corrupt (sha256) / duplicate / torn entries
 
-Layout: ``cache.json`` (format version, bundle fingerprint, generator settings, shape, dtype, file
-format, seed), ``manifest.jsonl`` (one line per volume) and ``volumes/``. Each class is an indexed pool:
+Layout: ``cache.json`` (format version, bundle fingerprint, generator settings (sampler, steps, eta,
+guidance, class guidance, class source, EMA), shape, dtype, file format, seed), ``manifest.jsonl`` (one
+line per volume) and ``volumes/``. Each class is an indexed pool:
 volume ``j`` of class ``c`` has the id ``syn-l{c}-{j:06d}`` and a seed derived from (cache seed, c, j),
 so any set of processes, shards or runs asking for the same ids makes the same bytes. A volume is
 written to a temporary file and renamed; only then is its line appended to the manifest, under a file
@@ -132,6 +133,8 @@ class SyntheticCache:
         if self.meta["file_format"] not in FILE_FORMATS:
             raise InputError(f"file_format {self.meta['file_format']!r} is not one of {', '.join(FILE_FORMATS)}",
                              where=str(file), fix="restore it or make the cache again")
+        if isinstance(self.meta.get("generator"), dict):  # caches made before class guidance: made without it
+            self.meta["generator"] = {"class_guidance": 1.0, **self.meta["generator"]}
         self._rows: dict[str, dict[str, Any]] = {}
         self._read_size = -1
         self._problems: dict[int, str] = {}  # manifest line number -> what is wrong with it (last parse)

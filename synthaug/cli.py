@@ -247,7 +247,8 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     import os
 
     from synthaug.generate import CCELLAGenerator
-    from synthaug.mix.cache import SyntheticCache, class_counts
+    from synthaug.mix.cache import FILTER_FILE, SyntheticCache, class_counts
+    from synthaug.mix.filter import VolumeFilter, check_confidence
     from synthaug.report import progress_bar
 
     shard = _shard(args.shard) if args.shard or not _torchrun_shard() else _torchrun_shard()  # type: ignore[assignment]
@@ -255,16 +256,24 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"
     counts = class_counts(args.n, balance)
+    check_confidence(args.filter_confidence)
     generator = CCELLAGenerator.from_bundle(
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
         class_guidance=args.class_guidance, class_source=args.class_source, report_source=args.report_source,
         batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+    kept = args.out / FILTER_FILE
+    volume_filter = VolumeFilter.from_option(
+        args.filter, kept, generator.bundle.config.data, manifest=args.filter_data, model=args.filter_model,
+        confidence=args.filter_confidence, epochs=args.filter_epochs, crop=_crop(args.filter_crop, "--filter-crop")) \
+        if args.filter else None
     cache = SyntheticCache.create(args.out, generator, file_format=args.format, seed=args.seed,
-                                  allow_foreign=args.allow_foreign)
+                                  allow_foreign=args.allow_foreign, volume_filter=volume_filter)
+    if args.filter == "train" and not kept.is_file():
+        volume_filter.save(kept)
     console = _console()
     with progress_bar(f"pregenerate shard {shard[0]}/{shard[1]}", console) as update:
         made = cache.pregenerate(generator, counts=counts, shard=shard, batch_size=generator.batch_size,
-                                 progress=update, allow_foreign=args.allow_foreign)
+                                 progress=update, allow_foreign=args.allow_foreign, volume_filter=volume_filter)
     return _show_cache(cache, console, made=made)
 
 
@@ -281,6 +290,10 @@ def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
             ("sampler", f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
              + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
              + f", class from {g['class_source']}"),
+            ("filter", None if not info["filter"] else
+             f"{info['filter']['model']} {info['filter']['weights_sha256'][:12]}, confidence "
+             f"{info['filter']['confidence']:g}; rejected " + (", ".join(f"label {c}: {n}" for c, n in
+                                                                    info["rejected"].items()) or "none")),
             ("bundle", info["bundle_fingerprint"][:16]), ("format", f"{info['file_format']} {info['shape']}"),
             ("size on disk", f"{info['bytes'] / 2**20:.1f} MiB")]
     for what, value in rows:
@@ -341,7 +354,7 @@ def _ratios(text: str) -> list:
     return out
 
 
-def _crop(text: str | None) -> tuple[int, int, int] | None:
+def _crop(text: str | None, where: str = "--crop") -> tuple[int, int, int] | None:
     from synthaug.errors import InputError
 
     if not text:
@@ -351,7 +364,7 @@ def _crop(text: str | None) -> tuple[int, int, int] | None:
     except ValueError:
         box = ()
     if len(box) != 3 or min(box) < 1:
-        raise InputError(f"crop {text!r} is not X,Y,Z voxels", where="--crop", fix="e.g. --crop 32,32,16")
+        raise InputError(f"crop {text!r} is not X,Y,Z voxels", where=where, fix=f"e.g. {where} 32,32,16")
     return box  # type: ignore[return-value]
 
 
@@ -536,6 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-source", choices=["report", "label"], help="default: report")
     p.add_argument("--report-source", choices=["train", "template", "empty"], help="default: train")
     p.add_argument("--allow-foreign", action="store_true", help="write into a cache made by another bundle")
+    p.add_argument("--filter", metavar="train|WEIGHTS",
+                   help="keep only volumes a real-data classifier gives the requested class: 'train' trains one on "
+                        "--filter-data's train split, or a classifiers model's .safetensors weights")
+    p.add_argument("--filter-data", type=Path, help="manifest whose train split trains the filter (--filter train)")
+    p.add_argument("--filter-model", default="tiny-cnn", help="the filter's classifier (default tiny-cnn)")
+    p.add_argument("--filter-confidence", type=T.finite(), default=0.8,
+                   help="keep a volume when P(requested class) >= this, in (0.5, 1) (default 0.8)")
+    p.add_argument("--filter-epochs", type=T.count(1), default=10, help="epochs of --filter train (default 10)")
+    p.add_argument("--filter-crop", help="X,Y,Z: the filter sees a centred box of this many voxels")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="let the bundle's text model run its own Python code (never taken from the bundle; "
                         "only for a model folder you trust)")

@@ -53,6 +53,7 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
     from monai.data import Dataset
 
     from classifiers import FitConfig, build_model, fit
+    from synthaug.mix.filter import weights_sha256
     from synthaug.sweep import VolumeStore
 
     load = VolumeStore(data, crop)
@@ -69,6 +70,7 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
             volumes = torch.stack([torch.as_tensor(cropper(v)) for v in volumes])
         return net(volumes.float()).softmax(dim=-1)[:, 1]
 
+    predict.weights_sha256 = weights_sha256(net)  # type: ignore[attr-defined] - checked against a cache's filter
     return predict
 
 
@@ -149,6 +151,7 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
     """Write ``metrics.json``, ``report.md``, montages and the memorisation list to ``out``; return the metrics."""
     from synthaug.data.manifest import SPLITS, load_manifest
     from synthaug.metrics import evaluate_quality
+    from synthaug.metrics.class_signal import check_judge
     from synthaug.mix.cache import SyntheticCache
 
     if split not in SPLITS:
@@ -182,6 +185,8 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
                                radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
                                resize=resize, progress=progress)
     if predict is not None and not resize:
+        if not paper_protocol:
+            check_judge(predict.weights_sha256, (SyntheticCache(synthetic).meta.get("filter") or {}).get("weights_sha256"))
         judge = f"{fidelity_model} (seed 0, trained on the real train split, {fidelity_epochs} epochs)"
         chain = class_signal(manifest, data, predict, judge, synthetic_items, split=split,
                              generator=generator if paper_protocol else _cache_generator(synthetic),

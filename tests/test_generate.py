@@ -226,7 +226,7 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
     assert (out / "montage.png").read_bytes()[:4] == b"\x89PNG"
 
     for args, match in ((["--label", "3"], "--label"), (["--steps", "0"], "steps"), (["--guidance", "-1"], "guidance"),
-                        (["--class-guidance", "-1"], "class_guidance"), (["--class-guidance", "nan"], "class_guidance"),
+                        (["--class-guidance", "-1"], "--class-guidance"), (["--class-guidance", "nan"], "--class-guidance"),
                         (["--sampler", "flow"], "cannot sample")):
         done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", *args)
         assert_one_line_error(done, match)

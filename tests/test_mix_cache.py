@@ -173,7 +173,7 @@ def test_class_guidance_is_a_cache_setting_shown_by_cache_info(small_bundle, sma
     assert "guidance 1.0, class guidance 2.0" in " ".join(capsys.readouterr().out.split())
     code = main(["pregenerate", "--bundle", str(small_bundle), "--out", str(tmp_path / "bad"), "--n", "2",
                  "--class-guidance", "-1"])
-    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), "class_guidance")
+    assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), "--class-guidance")
     assert not (tmp_path / "bad").exists()
     guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_guidance=2.0)
     with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):

@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CACHE_FILE = "cache.json"
 MANIFEST_FILE = "manifest.jsonl"
+REJECTED_FILE = "rejected.jsonl"  # candidates a filter refused: never in the manifest, counted by `cache info`
+FILTER_FILE = "filter.safetensors"  # a filter `pregenerate --filter train` made, kept for resuming
 VOLUMES_DIR = "volumes"
+CANDIDATES_PER_VOLUME = 50  # a filtered class gives up after this many candidates per wanted volume
 FILE_FORMATS = {"nifti-gz": ".nii.gz", "nifti": ".nii"}  # both open in any viewer and with MONAI LoadImaged
 LABELS = (0, 1)
 # What cache.json must hold, and of which type; everything else in it is informative.
@@ -78,6 +81,13 @@ def class_counts(n: int, class_balance: str | Mapping[int, float] = "equal") -> 
     total = sum(weights.values())
     ones = round(n * weights.get(1, 0.0) / total)
     return {0: n - ones, 1: ones}
+
+
+def _said(described: Mapping[str, Any] | None) -> str:
+    """A filter's ``describe()`` in words."""
+    if described is None:
+        return "no filter"
+    return f"filter {described['model']} {described['weights_sha256'][:12]} at confidence {described['confidence']:g}"
 
 
 def _interleave(counts: Mapping[int, int]) -> list[tuple[int, int]]:
@@ -142,8 +152,9 @@ class SyntheticCache:
     # ------------------------------------------------------------ creation and identity
 
     @staticmethod
-    def describe(generator, file_format: str = "nifti-gz", seed: int = 0) -> dict[str, Any]:  # noqa: ANN001
-        """The ``cache.json`` content for volumes made by ``generator``."""
+    def describe(generator, file_format: str = "nifti-gz", seed: int = 0,  # noqa: ANN001
+                 volume_filter=None) -> dict[str, Any]:  # noqa: ANN001
+        """The ``cache.json`` content for volumes made by ``generator`` (and kept by ``volume_filter``)."""
         if file_format not in FILE_FORMATS:
             raise InputError(f"unknown file format {file_format!r}", where="file_format",
                              fix=f"choose one of {', '.join(FILE_FORMATS)}")
@@ -156,14 +167,15 @@ class SyntheticCache:
             "spacing": list(generator.spacing), "affine": generator.affine.tolist(),
             "train_case_ids": sorted(generator.bundle.train_case_ids),
             "data": data.model_dump(mode="json"),  # geometry and preprocessing the volumes were made for
+            "filter": volume_filter.describe() if volume_filter is not None else None,
         }
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], generator, *, file_format: str = "nifti-gz",  # noqa: ANN001
-               seed: int = 0, allow_foreign: bool = False) -> SyntheticCache:
+               seed: int = 0, allow_foreign: bool = False, volume_filter=None) -> SyntheticCache:  # noqa: ANN001
         """Make a cache folder for ``generator`` (or open the existing one, checking it was made alike)."""
         path = Path(path)
-        meta = cls.describe(generator, file_format, seed)
+        meta = cls.describe(generator, file_format, seed, volume_filter)
         if (path / CACHE_FILE).is_file():
             cache = cls(path)
             cache.check_generator(generator, allow_foreign=allow_foreign)
@@ -171,9 +183,10 @@ class SyntheticCache:
                 raise InputError(f"the cache was made with seed {cache.meta['seed']} and format "
                                  f"{cache.meta['file_format']}", where=str(path),
                                  fix="use the cache's seed and format, or another folder")
+            cache.check_filter(volume_filter)
             return cache
         # What a process creating this cache at the same moment has made before cache.json is not "foreign".
-        own = {VOLUMES_DIR, f"{MANIFEST_FILE}.lock"}
+        own = {VOLUMES_DIR, f"{MANIFEST_FILE}.lock", FILTER_FILE}
         if path.exists() and any(p.name not in own for p in path.iterdir()):
             raise InputError("folder exists, is not empty and is not a synthetic cache", where=str(path),
                              fix="choose an empty or new folder")
@@ -200,6 +213,26 @@ class SyntheticCache:
             raise InputError(f"the cache was made with other generator settings ({', '.join(changed)})",
                              where=str(self.path), fix="use the cache's settings (see `synthaug cache info`), "
                                                        "or another cache folder")
+
+    def check_filter(self, volume_filter) -> None:  # noqa: ANN001 - synthaug.mix.filter.VolumeFilter | None
+        """Refuse to add volumes kept by another filter (or none) than the one the cache was made with."""
+        ours = self.meta.get("filter")
+        theirs = volume_filter.describe() if volume_filter is not None else None
+        if ours != theirs:
+            raise InputError(f"the cache was made with {_said(ours)}, not {_said(theirs)}", where=str(self.path),
+                             fix="use the cache's filter settings (see `synthaug cache info`), or another folder")
+
+    def rejected(self) -> dict[str, dict[str, Any]]:
+        """Candidates the filter refused, by id (``{"id", "label", "filter_prob"}``)."""
+        file = self.path / REJECTED_FILE
+        out = {}
+        for line in file.read_text(encoding="utf-8").splitlines() if file.is_file() else []:
+            try:
+                row = json.loads(line)
+                out[str(row["id"])] = row
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line of a killed writer: that candidate is simply made again
+        return out
 
     @property
     def fingerprint(self) -> str:
@@ -292,15 +325,29 @@ class SyntheticCache:
             self._rows, self._read_size = rows, size
         return self._rows
 
-    def _append(self, rows: Sequence[dict[str, Any]], staged: Mapping[str, Path] | None = None) -> list[str]:
+    def _append(self, rows: Sequence[dict[str, Any]], staged: Mapping[str, Path] | None = None,
+                rejected: Sequence[dict[str, Any]] = (), keep: int | None = None) -> list[str]:
         """Append rows whose id is not in the manifest yet, under the lock; returns the new ids.
 
         ``staged``: id -> a written volume file, renamed onto the row's ``file`` just before its line is added.
+        ``rejected``: candidates a filter refused, recorded in ``rejected.jsonl`` (never in the manifest).
+        ``keep``: at most this many rows of each row's class in the manifest (a filtered class stops exactly there).
         """
         file = self.path / MANIFEST_FILE
         with self._lock_for(self.path):
             present = self.rows(refresh=True)
             new = [r for r in rows if r["id"] not in present]
+            if keep is not None:  # the first rows of each class that still fit
+                room = {c: keep - sum(r["label"] == c for r in present.values()) for c in LABELS}
+                fitting = []
+                for r in new:
+                    if room[r["label"]] > 0:
+                        room[r["label"]] -= 1
+                        fitting.append(r)
+                new = fitting
+            if rejected:
+                with open(self.path / REJECTED_FILE, "a", encoding="utf-8") as handle:
+                    handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
             for r in new:
                 if staged and r["id"] in staged:
                     os.replace(staged[r["id"]], self.path / r["file"])
@@ -355,7 +402,8 @@ class SyntheticCache:
 
     def pregenerate(self, generator, n: int | None = None, *, class_balance: str | Mapping[int, float] = "equal",  # noqa: ANN001
                     counts: Mapping[int, int] | None = None, shard: tuple[int, int] = (0, 1), batch_size: int = 8,
-                    progress: Callable[[int, int], None] | None = None, allow_foreign: bool = False) -> int:
+                    progress: Callable[[int, int], None] | None = None, allow_foreign: bool = False,
+                    volume_filter=None) -> int:  # noqa: ANN001
         """Make the volumes of ``n`` (split by ``class_balance``) or ``counts`` that the cache lacks; returns how many.
 
         Resumable and shardable: the batches wanted are fixed by (counts, batch size, shard); a batch with
@@ -363,7 +411,11 @@ class SyntheticCache:
         are not recorded twice), so a re-run after a kill, or shards running in parallel, only fill gaps.
         """
         self.check_generator(generator, allow_foreign=allow_foreign)
-        batches = self.plan(counts if counts is not None else class_counts(n or 0, class_balance), batch_size, shard)
+        self.check_filter(volume_filter)
+        counts = counts if counts is not None else class_counts(n or 0, class_balance)
+        if volume_filter is not None:
+            return self._pregenerate_filtered(generator, counts, volume_filter, shard, batch_size, progress)
+        batches = self.plan(counts, batch_size, shard)
         present = self.rows(refresh=True)
         todo = [b for b in batches if any(volume_id(c, j) not in present for c, j in b)]
         total = sum(len(b) for b in todo)
@@ -377,8 +429,45 @@ class SyntheticCache:
                 progress(done, total)
         return made
 
-    def make(self, generator, pairs: Sequence[tuple[int, int]]) -> list[str]:  # noqa: ANN001
-        """Generate, write (atomically) and record the volumes ``(label, index)``; returns the ids newly recorded."""
+    def _pregenerate_filtered(self, generator, counts: Mapping[int, int], volume_filter,  # noqa: ANN001
+                              shard: tuple[int, int], batch_size: int,
+                              progress: Callable[[int, int], None] | None) -> int:
+        """Candidates ``syn-l{c}-{j}``, j = 0, 1, ..., in order, until each class has exactly its count.
+
+        A candidate is decided once (in the manifest or in ``rejected.jsonl``), so a killed run resumes with
+        the next undecided one and ends with the exact count; one process fills a filtered cache.
+        """
+        if shard != (0, 1):
+            raise InputError("a filtered cache is filled by one process", where="--shard",
+                             fix="drop --shard (and torchrun) with --filter")
+        total = sum(counts.values())
+        made = 0
+        for c in LABELS:
+            target, j = counts.get(c, 0), 0
+            while (have := len(self.ids(c))) < target:
+                decided = set(self.rows(refresh=True)) | set(self.rejected())
+                batch = []
+                while len(batch) < batch_size and j < CANDIDATES_PER_VOLUME * target:
+                    if volume_id(c, j) not in decided:
+                        batch.append((c, j))
+                    j += 1
+                if not batch:
+                    refused = sum(r["label"] == c for r in self.rejected().values())
+                    raise InputError(f"the filter refused {refused} class-{c} candidates and kept {have} of {target}",
+                                     where=str(self.path), fix="lower --filter-confidence, ask for fewer volumes, "
+                                                               "or train the generator longer")
+                made += len(self.make(generator, batch, volume_filter=volume_filter, keep=target))
+                if progress:
+                    progress(sum(min(len(self.ids(k)), counts.get(k, 0)) for k in LABELS), total)
+        return made
+
+    def make(self, generator, pairs: Sequence[tuple[int, int]], volume_filter=None,  # noqa: ANN001
+             keep: int | None = None) -> list[str]:
+        """Generate, write (atomically) and record the volumes ``(label, index)``; returns the ids newly recorded.
+
+        With ``volume_filter`` a volume is recorded only when the filter gives its requested class at least
+        the filter's confidence (the others go to ``rejected.jsonl``), and at most ``keep`` per class.
+        """
         from synthaug.generate import write_volume
 
         if not pairs:
@@ -405,7 +494,15 @@ class SyntheticCache:
                     "report_source": record["report_source"], "seed": record["seed"],
                     "file": f"{VOLUMES_DIR}/{row_id}{suffix}", "sha256": file_sha256(staged[row_id]),
                 })
-            return self._append(rows, staged)
+            rejected = []
+            if volume_filter is not None and rows:
+                probs = volume_filter.probabilities([staged[r["id"]] for r in rows], [r["label"] for r in rows])
+                for row, prob in zip(rows, probs):
+                    row["filter_prob"] = round(prob, 6)
+                rejected = [{"id": r["id"], "label": r["label"], "filter_prob": r["filter_prob"]} for r in rows
+                            if r["filter_prob"] < volume_filter.confidence]
+                rows = [r for r in rows if r["filter_prob"] >= volume_filter.confidence]
+            return self._append(rows, staged, rejected, keep)
         finally:
             for temp in staged.values():  # those another writer recorded first, or left by an error
                 temp.unlink(missing_ok=True)
@@ -446,5 +543,7 @@ class SyntheticCache:
             "report_sources": dict(Counter(r["report_source"] for r in rows.values())),
             "predicted_agrees": (sum(r["predicted_label"] == r["label"] for r in agree) / len(agree)) if agree else None,
             "generator": self.meta["generator"], "bundle_fingerprint": self.fingerprint,
+            "filter": self.meta.get("filter"),
+            "rejected": {str(c): n for c, n in sorted(Counter(r["label"] for r in self.rejected().values()).items())},
             "file_format": self.meta["file_format"], "shape": self.meta["shape"], "bytes": size,
         }

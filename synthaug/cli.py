@@ -419,6 +419,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             paper_protocol=args.paper_protocol, generator_options=options, medicalnet=args.medicalnet,
             radimagenet=args.radimagenet, fidelity_model=None if args.fidelity_model == "none" else args.fidelity_model,
             fidelity_epochs=args.fidelity_epochs, resize=args.resize, max_synthetic=args.max_synthetic,
+            features=args.features,
             progress=progress)
     table = Table(title="synthaug evaluate", show_header=False)
     for what, value in headline(metrics):
@@ -593,6 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-epochs", type=T.count(1), default=10)
     p.add_argument("--max-synthetic", type=T.count(1), help="evaluate at most this many cache volumes (evenly spaced)")
     p.add_argument("--resize", action="store_true", help="resample volumes of another shape instead of refusing")
+    p.add_argument("--features", choices=["judge", "seeded"], default="judge",
+                   help="3D features for FID/KID/memorisation without --medicalnet: judge (the fidelity classifier's, "
+                        "trained on the real train split; default) or seeded (random weights)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sweep", help="Optuna study of the synthetic:real ratio -> classifier metrics, with statistics")

@@ -50,12 +50,28 @@ def _quality_rows(out: Path) -> list[tuple[str, str]]:
     return list(headline(json.loads(file.read_text(encoding="utf-8"))))
 
 
+def _chain(out: Path):  # noqa: ANN202 - ClassSignalChain | None
+    """The class-signal chain `synthaug evaluate` wrote into quality/metrics.json, if any."""
+    file = out / "quality" / "metrics.json"
+    data = json.loads(file.read_text(encoding="utf-8")).get("class_signal") if file.is_file() else None
+    if not data:
+        return None
+    from synthaug.metrics.class_signal import ClassSignalChain
+
+    return ClassSignalChain.from_dict(data)
+
+
 def _markdown(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
     header, rows = ratio_table(summary)
     lines = ["# synthaug demo report", "", f"**Result:** {summary['verdict']}.", "",
              f"## Does synthetic data help? ({summary['model']}, {summary['seeds']} seeds per ratio, test split)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    chain = _chain(out)
+    if chain is not None:
+        lines += ["", "## Do the synthetic volumes carry their class?", "", chain.sentence(), "",
+                  "| " + " | ".join(chain.HEADER) + " |", "|" + "---|" * len(chain.HEADER)]
+        lines += ["| " + " | ".join(r) + " |" for r in chain.rows()]
     lines += ["", "## Quality of the synthetic volumes", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _quality_rows(out)]
     lines += ["", "## Pictures", ""]
@@ -79,7 +95,14 @@ def _html(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
              f"<h2>Does synthetic data help? ({e(summary['model'])}, {summary['seeds']} seeds per ratio, test split)</h2>",
              "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
-    parts += ["</table><h2>Quality of the synthetic volumes</h2><table>"]
+    parts += ["</table>"]
+    chain = _chain(out)
+    if chain is not None:
+        parts += ["<h2>Do the synthetic volumes carry their class?</h2>", f"<p>{e(chain.sentence())}</p>",
+                  "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in chain.HEADER) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in chain.rows()]
+        parts += ["</table>"]
+    parts += ["<h2>Quality of the synthetic volumes</h2><table>"]
     parts += [f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _quality_rows(out)]
     parts += ["</table><h2>Pictures</h2>"]
     for path, caption in IMAGES:

@@ -53,7 +53,7 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
     from monai.data import Dataset
 
     from classifiers import FitConfig, build_model, fit
-    from synthaug.mix.filter import weights_sha256
+    from synthaug.metrics.features import state_dict_sha256
     from synthaug.sweep import VolumeStore
 
     load = VolumeStore(data, crop)
@@ -70,7 +70,8 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
             volumes = torch.stack([torch.as_tensor(cropper(v)) for v in volumes])
         return net(volumes.float()).softmax(dim=-1)[:, 1]
 
-    predict.weights_sha256 = weights_sha256(net)  # type: ignore[attr-defined] - checked against a cache's filter
+    predict.weights_sha256 = state_dict_sha256(net)  # type: ignore[attr-defined] - checked against a cache's filter
+    predict.net, predict.crop = net, crop  # type: ignore[attr-defined] - for ClassifierFeatures
     return predict
 
 
@@ -147,8 +148,14 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
                        medicalnet: str | None = None, radimagenet: str | None = None,
                        fidelity_model: str | None = "tiny-cnn", fidelity_epochs: int = 10,
                        fidelity_crop: tuple[int, int, int] | None = None, resize: bool = False,
-                       max_synthetic: int | None = None, progress: Progress | None = None) -> dict:
-    """Write ``metrics.json``, ``report.md``, montages and the memorisation list to ``out``; return the metrics."""
+                       max_synthetic: int | None = None, features: str = "judge",
+                       progress: Progress | None = None) -> dict:
+    """Write ``metrics.json``, ``report.md``, montages and the memorisation list to ``out``; return the metrics.
+
+    ``features``: the 3D FID/KID/memorisation features when no ``medicalnet`` weights are given: ``judge``
+    (the fidelity classifier's penultimate layer, trained on the real train split: it sees anatomy) or
+    ``seeded`` (a seeded random ResNet, which ranks texture over layout). Every output names which.
+    """
     from synthaug.data.manifest import SPLITS, load_manifest
     from synthaug.metrics import evaluate_quality
     from synthaug.metrics.class_signal import check_judge
@@ -156,6 +163,8 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
 
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}", where="--split", fix=f"choose one of {', '.join(SPLITS)}")
+    if features not in ("judge", "seeded"):
+        raise InputError(f"unknown features {features!r}", where="--features", fix="use judge or seeded")
     if max_synthetic is not None and max_synthetic < 1:
         raise InputError(f"must be >= 1, got {max_synthetic}", where="--max-synthetic", fix="evaluate at least one volume")
     manifest = load_manifest(manifest_path)
@@ -181,9 +190,16 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
     train_cases = [c for c in manifest.items("train") if c["case_id"] in train_ids] or manifest.items("train")
     predict = fidelity_classifier(manifest, data, fidelity_model, fidelity_epochs, crop=fidelity_crop) \
         if fidelity_model else None
+    extractor = None
+    if features == "judge" and predict is not None and medicalnet is None:
+        from synthaug.metrics.features import ClassifierFeatures
+
+        extractor = ClassifierFeatures(predict.net, crop=predict.crop, name=(
+            f"judge features: {fidelity_model} trained on the real train split (seed 0, {fidelity_epochs} epochs), "
+            "penultimate layer; not comparable to published FIDs"))
     metrics = evaluate_quality(_preprocessed(real_cases, data), synthetic_items, out, medicalnet=medicalnet,
                                radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
-                               resize=resize, progress=progress)
+                               resize=resize, extractor=extractor, progress=progress)
     if predict is not None and not resize:
         if not paper_protocol:
             check_judge(predict.weights_sha256, (SyntheticCache(synthetic).meta.get("filter") or {}).get("weights_sha256"))

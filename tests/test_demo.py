@@ -53,6 +53,17 @@ def test_report_table_matches_summary(quick_demo):
     assert summary["verdict"] in report and summary["verdict"] in (quick_demo / "report.html").read_text()
 
 
+def test_report_says_which_link_carries_the_class(quick_demo):
+    from synthaug.metrics.class_signal import ClassSignalChain
+
+    chain = ClassSignalChain.from_dict(json.loads((quick_demo / "quality" / "metrics.json").read_text())["class_signal"])
+    assert [s.link for s in chain.links][:3] == ["ceiling", "autoencoder", "adapter"]
+    report, page = (quick_demo / "report.md").read_text(), (quick_demo / "report.html").read_text()
+    assert "## Do the synthetic volumes carry their class?" in report and chain.sentence() in report
+    assert all("| " + " | ".join(row) + " |" in report for row in chain.rows())
+    assert "carry their class?" in page
+
+
 def test_rerun_reuses_finished_stages(quick_demo, capsys):
     done = in_process(capsys, "demo", "--quick", "--out", quick_demo)
     assert done.returncode == 0, done.stderr

@@ -15,6 +15,7 @@ def test_evaluate_a_cache_against_the_test_split(small_phantom, small_cache, tmp
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["fid_3d"] >= 0 and metrics["comparable_to_published"] is False
+    assert metrics["extractors"]["3d"]["name"].startswith("judge features: tiny-cnn trained on the real train split")
     assert metrics["conditioning"]["n"] == 12
     for name in ("report.md", "montage_class0.png", "montage_class1.png", "memorisation.csv"):
         assert (out / name).is_file(), name

@@ -115,6 +115,13 @@ class ClassSignalChain:
         return (f"{head}; the first link that loses the class is {lost.link} ({lost.setting}: AUROC "
                 f"{lost.auroc['estimate']:.3f}, below 95% of its reference).")
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassSignalChain:
+        """The inverse of ``to_dict`` (e.g. read back from ``metrics.json``)."""
+        return cls(links=[LinkScore(**row) for row in data["links"]], judge=data.get("judge", ""))
+
+    HEADER = ("link", "setting", "scored by", "n", "AUROC [95% CI]", "balanced accuracy [95% CI]", "keeps class")
+
     def to_dict(self) -> dict[str, Any]:
         lost = self.first_lost()
         return {"judge": self.judge, "links": [s.to_dict() for s in self.links],
@@ -131,8 +138,7 @@ class ClassSignalChain:
         return out
 
     def markdown(self) -> str:
-        header = ["link", "setting", "scored by", "n", "AUROC [95% CI]", "balanced accuracy [95% CI]", "keeps class"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
         lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
         return "\n".join(["## Class-signal chain", "", *lines, "", self.sentence(), ""]) + "\n"
 
@@ -205,5 +211,5 @@ def class_signal_chain(
         add("fidelity", setting, judge_name, requested, _predict(judge, volumes, batch_size))
     for setting, probs in (cas or {}).items():
         link = "cas-real" if setting.startswith("real") else "cas"
-        add(link, setting, "classifier trained on " + setting, test_labels, probs)
+        add(link, setting, "a classifier trained on this row's set", test_labels, probs)
     return chain

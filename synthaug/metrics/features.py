@@ -12,7 +12,7 @@ import functools
 import hashlib
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +231,39 @@ class SeededResNet3D(FeatureExtractor):
             x = layer(x)
             pooled.append(x.mean((2, 3, 4)))  # (B, C_stage)
         return torch.cat(pooled, dim=1)
+
+
+class ClassifierFeatures(FeatureExtractor):
+    """The penultimate features of a classifier trained on real data (the input of its last linear layer).
+
+    Trained to tell the classes apart on the real train split, it sees the gland, zones and lesions that a
+    random network ranks below texture; not comparable to published FIDs (the name says which model).
+    ``crop``: the centred box the classifier was trained on.
+    """
+
+    def __init__(self, net: nn.Module, *, name: str, crop: Sequence[int] | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 8) -> None:
+        super().__init__(net, name=name, weights_sha256=state_dict_sha256(net), comparable=False, device=device,
+                         batch_size=batch_size)
+        heads = [m for m in net.modules() if isinstance(m, nn.Linear)]
+        if not heads:
+            raise InputError("the classifier has no linear layer to take features before", where=name,
+                             fix="use a classifier whose last layer is nn.Linear")
+        self.head = heads[-1]
+        self.crop = list(crop) if crop else None
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if self.crop is not None:
+            from monai.transforms import CenterSpatialCrop
+
+            x = torch.stack([torch.as_tensor(CenterSpatialCrop(self.crop)(v)) for v in x])
+        captured: list[Tensor] = []
+        handle = self.head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+        try:
+            self.model(x)
+        finally:
+            handle.remove()
+        return captured[0]
 
 
 # ------------------------------------------------------------------------------------- 2.5D (2D nets)

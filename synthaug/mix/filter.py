@@ -11,7 +11,6 @@ cache's provenance, so an evaluation can refuse to judge the cache with the filt
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from synthaug.config import DataConfig
 from synthaug.data.io import load_weights, save_weights
 from synthaug.errors import InputError
+from synthaug.metrics.features import state_dict_sha256
 
 FILTER_SEED = 2  # the judge of the class-signal chain trains with seed 0 and CAS with 1: the filter is neither
 
@@ -47,7 +47,7 @@ class VolumeFilter:
         self.confidence = check_confidence(confidence)
         self.crop = list(crop) if crop else None
         self.preprocess = VolumeStore(data, self.crop)
-        self.weights_sha256 = weights_sha256(net)
+        self.weights_sha256 = state_dict_sha256(net)
 
     @classmethod
     def train(cls, manifest, data: DataConfig, *, model: str = "tiny-cnn", confidence: float = 0.8,  # noqa: ANN001
@@ -119,13 +119,3 @@ class VolumeFilter:
         x = torch.stack([self.preprocess({"image": str(p), "label": int(c)})["image"] for p, c in zip(paths, labels)])
         p1 = self.net(x.float()).softmax(dim=-1)[:, 1]
         return [float(p if c == 1 else 1.0 - p) for p, c in zip(p1.tolist(), labels)]
-
-
-def weights_sha256(net: torch.nn.Module) -> str:
-    """sha256 over the names, shapes and bytes of every tensor: the same weights give the same hash."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(net.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}\0{list(t.shape)}\0{t.dtype}\0".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()

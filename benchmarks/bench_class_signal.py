@@ -145,9 +145,16 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     n = min(per_setting, len(manifest.split("train")))
     real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:n]
     test = volumes(test_items)
+    adapter = (generator.predict_class, [c["report"] for c in texts], [c["label"] for c in texts])
+    labels = [c["label"] for c in test_items]
+    # CAS for the defaults and for the setting whose volumes the judge separates best (chosen on generated
+    # volumes only: the real test split is not looked at to choose)
+    fidelity = class_signal_chain(judge, judge_name, test, labels, generated=generated, n_boot=1).links[1:]
+    best = max(fidelity, key=lambda row: row.auroc["estimate"] or 0.0).setting
+    defaults = describe({"class_source": cfg.sample.class_source, "guidance": cfg.sample.guidance,
+                         "class_guidance": cfg.sample.class_guidance})
     cas = {}
-    for setting in grid[:1] + [s for s in grid if s["class_source"] == "label" and s["guidance"] == 1.0
-                               and s["class_guidance"] == 1.0]:
+    for setting in [s for s in grid if describe(s) in {defaults, best}]:
         folder = work / "generated" / describe(setting).replace(" ", "_").replace(",", "")
         items = json.loads((folder / "items.json").read_text())[:n]
         predict = stage(f"CAS {describe(setting)}", lambda i=items: train_classifier(
@@ -157,9 +164,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                                                         3 if args.quick else args.judge_epochs, 1, plan.crop))
     cas[f"real N={n} (tiny-cnn seed 1)"] = predict(test)
 
-    chain = class_signal_chain(judge, judge_name, test, [c["label"] for c in test_items], reconstruct=reconstruct,
-                               adapter=(generator.predict_class, [c["report"] for c in texts],
-                                        [c["label"] for c in texts]),
+    chain = class_signal_chain(judge, judge_name, test, labels, reconstruct=reconstruct, adapter=adapter,
                                generated=generated, cas=cas)
     header = ["link", "setting", "scored by", "n", "AUROC [95% CI]", "balanced acc. [95% CI]", "keeps"]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -173,7 +178,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         "plan": dataclasses.asdict(plan), "judge_cases": judge_cases, "per_setting": per_setting,
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_at_end": os.getloadavg()[0], "timings_s": timings,
-        "total_s": round(time.perf_counter() - started, 1), "chain": chain.to_dict()}, indent=2) + "\n")
+        "total_s": round(time.perf_counter() - started, 1), "defaults": defaults, "best_fidelity_setting": best,
+        "chain": chain.to_dict()}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

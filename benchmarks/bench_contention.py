@@ -1,12 +1,20 @@
-"""A shared CPU: `synthaug demo --quick` alone vs beside one busy process, per OpenMP wait policy.
+"""A shared CPU: the quick demo alone vs beside one busy process, per OpenMP wait setting.
 
-    python benchmarks/bench_contention.py                       # PASSIVE (the command's default) and ACTIVE
-    python benchmarks/bench_contention.py --policies PASSIVE    # only the default
+    python benchmarks/bench_contention.py                                   # every setting x every neighbour
+    python benchmarks/bench_contention.py --settings default,passive --neighbours none,python
 
-The busy neighbour is one CPU-bound Python process (a spin loop, one core), started before the demo and
-stopped after it. ``ACTIVE`` is OpenMP's spin-waiting policy, what torch did before the command set
-``OMP_WAIT_POLICY=PASSIVE``; a run that exceeds ``--timeout`` is recorded as at least that long. Prints a
-table and writes benchmarks/results/bench_contention.json. Run it on an otherwise idle machine.
+Each run is a fresh process running ``synthaug.demo.run_demo(quick=True)`` with only the named environment
+(the `synthaug` command itself sets ``OMP_WAIT_POLICY=PASSIVE`` unless set, so it is bypassed here):
+
+- ``default``: nothing set, libgomp's own policy (spin a while, then sleep): what torch did before;
+- ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once): what the command sets now;
+- ``active``: ``OMP_WAIT_POLICY=ACTIVE`` (idle threads spin forever);
+- ``spin-10k``: ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep).
+
+Neighbours, started before the run and stopped after it: ``none``; ``python``, a one-core spin loop; ``torch``,
+a process doing matrix products with torch's default threads and wait policy (as a second torch job, e.g. a
+test suite, would). A run past ``--timeout`` is recorded as at least that long. Prints a table and writes
+benchmarks/results/bench_contention.json. Run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -23,49 +31,62 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SPIN = "import time\nwhile True:\n    pass\n"
+SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "active": {"OMP_WAIT_POLICY": "ACTIVE"},
+            "spin-10k": {"GOMP_SPINCOUNT": "10000"}}
+NEIGHBOURS = {
+    "none": None,
+    "python": "while True:\n    pass\n",
+    "torch": "import torch\nx = torch.randn(512, 512)\nwhile True:\n    x = (x @ x).tanh()\n",
+}
+DEMO = "import sys\nfrom synthaug.demo import run_demo\nrun_demo(sys.argv[1], quick=True, log=lambda *a: None)\n"
+OMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 
 
-def run_demo(policy: str, busy: bool, timeout: float) -> dict:
-    """Wall time of one fresh `synthaug demo --quick` with ``policy``, alone or beside a spinning process."""
-    env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONUNBUFFERED": "1"}
-    neighbour = subprocess.Popen([sys.executable, "-c", SPIN]) if busy else None
+def run_demo(setting: str, neighbour: str, timeout: float) -> dict:
+    """Wall time of one fresh quick demo under ``setting``, beside ``neighbour``."""
+    base = {k: v for k, v in os.environ.items() if k not in OMP_VARIABLES}
+    code = NEIGHBOURS[neighbour]
+    other = subprocess.Popen([sys.executable, "-c", code], env=base) if code else None
     try:
+        time.sleep(1.0 if other else 0.0)  # let the neighbour get going
         with tempfile.TemporaryDirectory() as tmp:
             load = os.getloadavg()[0]
             start = time.perf_counter()
             try:
-                done = subprocess.run([sys.executable, "-m", "synthaug", "demo", "--quick", "--out", f"{tmp}/demo"],
-                                      env=env, capture_output=True, text=True, timeout=timeout)
+                done = subprocess.run([sys.executable, "-c", DEMO, f"{tmp}/demo"], env={**base, **SETTINGS[setting]},
+                                      capture_output=True, text=True, timeout=timeout)
                 seconds, ok = time.perf_counter() - start, done.returncode == 0
                 if not ok:
                     sys.stderr.write(done.stderr[-2000:])
             except subprocess.TimeoutExpired:
                 seconds, ok = timeout, False
     finally:
-        if neighbour is not None:
-            neighbour.kill()
-            neighbour.wait()
-    return {"policy": policy, "busy_neighbour": busy, "seconds": round(seconds, 1), "finished": ok,
+        if other is not None:
+            other.kill()
+            other.wait()
+    return {"setting": setting, "neighbour": neighbour, "seconds": round(seconds, 1), "finished": ok,
             "load_before": round(load, 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policies", default="PASSIVE,ACTIVE", help="OMP_WAIT_POLICY values to compare")
-    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds before a run is cut off")
+    parser.add_argument("--settings", default="default,passive,spin-10k", help=f"of {', '.join(SETTINGS)}")
+    parser.add_argument("--neighbours", default="none,python,torch", help=f"of {', '.join(NEIGHBOURS)}")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is cut off")
     args = parser.parse_args()
-    rows = []
-    for policy in [p.strip().upper() for p in args.policies.split(",") if p.strip()]:
-        alone = run_demo(policy, busy=False, timeout=args.timeout)
-        beside = run_demo(policy, busy=True, timeout=args.timeout)
-        beside["slowdown"] = round(beside["seconds"] / alone["seconds"], 2)
-        rows += [alone, beside]
-    print(f"{'OMP_WAIT_POLICY':<16}{'neighbour':<12}{'seconds':>9}{'slowdown':>10}  finished")
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    neighbours = [n.strip() for n in args.neighbours.split(",") if n.strip()]
+    unknown = [s for s in settings if s not in SETTINGS] + [n for n in neighbours if n not in NEIGHBOURS]
+    if unknown:
+        parser.error(f"unknown setting or neighbour {unknown[0]!r}")
+    rows = [run_demo(s, n, args.timeout) for s in settings for n in neighbours]
+    alone = {r["setting"]: r["seconds"] for r in rows if r["neighbour"] == "none"}
+    print(f"{'setting':<10}{'neighbour':<11}{'seconds':>9}{'vs alone':>10}  finished")
     for r in rows:
-        cut = "" if r["finished"] else " (cut off)"
-        print(f"{r['policy']:<16}{'busy' if r['busy_neighbour'] else 'none':<12}{r['seconds']:>9.1f}"
-              f"{r.get('slowdown', 1.0):>9.2f}x  {r['finished']}{cut}")
+        if r["setting"] in alone:
+            r["slowdown"] = round(r["seconds"] / alone[r["setting"]], 2)
+        print(f"{r['setting']:<10}{r['neighbour']:<11}{r['seconds']:>9.1f}{r.get('slowdown', float('nan')):>9.2f}x"
+              f"  {r['finished']}{'' if r['finished'] else ' (cut off)'}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "bench_contention.json"
     out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),

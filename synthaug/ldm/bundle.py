@@ -183,6 +183,8 @@ def config_of(document: dict[str, Any]) -> dict[str, Any]:
     config = dict(document["config"])
     if isinstance(config.get("loss"), dict):
         config["loss"] = {"p_label": 0.0, "p_null": 0.0, **config["loss"]}
+    if isinstance(config.get("sample"), dict):  # and they sampled without class guidance
+        config["sample"] = {"class_guidance": 1.0, **config["sample"]}
     return config
 
 

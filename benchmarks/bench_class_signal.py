@@ -151,8 +151,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     # volumes only: the real test split is not looked at to choose)
     fidelity = class_signal_chain(judge, judge_name, test, labels, generated=generated, n_boot=1).links[1:]
     best = max(fidelity, key=lambda row: row.auroc["estimate"] or 0.0).setting
-    defaults = describe({"class_source": cfg.sample.class_source, "guidance": cfg.sample.guidance,
-                         "class_guidance": cfg.sample.class_guidance})
+    defaults = describe({"class_source": generator.class_source, "guidance": generator.guidance,
+                         "class_guidance": generator.class_guidance})  # the bundle's defaults, as generate uses
     cas = {}
     for setting in [s for s in grid if describe(s) in {defaults, best}]:
         folder = work / "generated" / describe(setting).replace(" ", "_").replace(",", "")

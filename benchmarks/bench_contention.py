@@ -4,12 +4,14 @@
     python benchmarks/bench_contention.py --settings default,passive --neighbours none,python
 
 Each run is a fresh process running ``synthaug.demo.run_demo(quick=True)`` with only the named environment
-(the `synthaug` command itself sets ``OMP_WAIT_POLICY=PASSIVE`` unless set, so it is bypassed here):
+(the `synthaug` command chooses a wait policy itself, so it is bypassed here except for ``auto``):
 
+- ``auto``: ``synthaug demo --quick`` with nothing set: the command's own choice (``synthaug/threads.py``:
+  PASSIVE when other processes keep half a core busy at its start, else the default);
 - ``default``: nothing set, libgomp's own policy (spin a while, then sleep): what torch did before;
 - ``passive``: ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once): what the command sets now;
 - ``active``: ``OMP_WAIT_POLICY=ACTIVE`` (idle threads spin forever);
-- ``spin-10k``: ``GOMP_SPINCOUNT=10000`` (a short spin, then sleep).
+- ``spin-10k`` / ``spin-1k``: ``GOMP_SPINCOUNT=10000`` / ``1000`` (a short spin, then sleep).
 
 Neighbours, started before the run and stopped after it: ``none``; ``python``, a one-core spin loop; ``torch``,
 a process doing matrix products with torch's default threads and wait policy (as a second torch job, e.g. a
@@ -31,8 +33,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SETTINGS = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "active": {"OMP_WAIT_POLICY": "ACTIVE"},
-            "spin-10k": {"GOMP_SPINCOUNT": "10000"}}
+SETTINGS = {"auto": {}, "default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "active": {"OMP_WAIT_POLICY": "ACTIVE"},
+            "spin-10k": {"GOMP_SPINCOUNT": "10000"}, "spin-1k": {"GOMP_SPINCOUNT": "1000"}}
 NEIGHBOURS = {
     "none": None,
     "python": "while True:\n    pass\n",
@@ -53,8 +55,10 @@ def run_demo(setting: str, neighbour: str, timeout: float) -> dict:
             load = os.getloadavg()[0]
             start = time.perf_counter()
             try:
-                done = subprocess.run([sys.executable, "-c", DEMO, f"{tmp}/demo"], env={**base, **SETTINGS[setting]},
-                                      capture_output=True, text=True, timeout=timeout)
+                command = ([sys.executable, "-m", "synthaug", "demo", "--quick", "--out", f"{tmp}/demo"]
+                           if setting == "auto" else [sys.executable, "-c", DEMO, f"{tmp}/demo"])
+                done = subprocess.run(command, env={**base, **SETTINGS[setting]}, capture_output=True, text=True,
+                                      timeout=timeout)
                 seconds, ok = time.perf_counter() - start, done.returncode == 0
                 if not ok:
                     sys.stderr.write(done.stderr[-2000:])
@@ -70,7 +74,7 @@ def run_demo(setting: str, neighbour: str, timeout: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default="default,passive,spin-10k", help=f"of {', '.join(SETTINGS)}")
+    parser.add_argument("--settings", default="auto,default,passive", help=f"of {', '.join(SETTINGS)}")
     parser.add_argument("--neighbours", default="none,python,torch", help=f"of {', '.join(NEIGHBOURS)}")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is cut off")
     args = parser.parse_args()

@@ -237,14 +237,12 @@ def _class_balance(text: str):  # noqa: ANN202 - str or {label: weight}
 
 def _torchrun_shard() -> tuple[int, int] | None:
     """(RANK, WORLD_SIZE) when started by torchrun with more than one process, else None."""
-    import os
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
 
 
 def cmd_pregenerate(args: argparse.Namespace) -> int:
-    import os
 
     from synthaug.generate import CCELLAGenerator
     from synthaug.mix.cache import FILTER_FILE, SyntheticCache, class_counts
@@ -516,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=T.finite(0), help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
     p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1 = unguided)")
     p.add_argument("--class-guidance", type=T.finite(0),
-                   help="class guidance scale: the class against the null class (default 1 = none; needs a bundle "
-                        "trained with loss.p_null > 0)")
+                   help="class guidance scale: the class against the null class (default: 4 for a bundle trained "
+                        "with loss.p_null > 0, else 1 = none)")
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: use --label")
     p.add_argument("--seed", type=T.count(0), default=0, help="seed of the first volume; volume i uses seed+i")
@@ -546,7 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
     p.add_argument("--steps", type=T.count(1), help="sampling steps (default: the sampler's)")
     p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1)")
-    p.add_argument("--class-guidance", type=T.finite(0), help="class guidance scale (default 1 = none)")
+    p.add_argument("--class-guidance", type=T.finite(0),
+                   help="class guidance scale (default: 4 for a bundle trained with a null class, else 1 = none)")
     p.add_argument("--class-source", choices=["report", "label"], help="default: report")
     p.add_argument("--report-source", choices=["train", "template", "empty"], help="default: train")
     p.add_argument("--allow-foreign", action="store_true", help="write into a cache made by another bundle")
@@ -662,9 +661,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     an input error (exit 2) also removes the output folders this command created, so a refused command
     leaves nothing behind. An interrupted command keeps them (checkpoints there resume with --resume).
     """
-    # Before torch (imported lazily below) starts OpenMP: idle threads sleep instead of spinning, so a shared
-    # CPU is not burnt in spin-waits (benchmarks/bench_contention.py). An explicit OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     try:  # usage errors, --help and --version end here with their exit code (called as a function too)
         args = parser.parse_args(argv)
@@ -673,6 +669,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args([args.command, "--help"] if args.command else ["--help"])
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    from synthaug.threads import choose_wait_policy
+
+    # Before torch (imported lazily by the commands) starts OpenMP: on a CPU other processes are using, idle
+    # threads sleep instead of spinning (synthaug/threads.py, benchmarks/bench_contention.py).
+    choose_wait_policy()
     from synthaug.cli_types import new_paths, remove_new
     from synthaug.errors import SynthaugError
 

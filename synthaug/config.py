@@ -200,6 +200,9 @@ class DiffusionConfig(_Section):
 
 
 Sampler = Literal["auto", "ddpm", "ddim", "dpm++", "flow"]
+# The class guidance a model with a null class samples with by default: at the demo's budget its volumes then
+# carry their class (judge AUROC 0.88 against the requested class, 0.54 at 1; benchmarks/bench_class_signal.py).
+CLASS_GUIDANCE = 4.0
 
 
 class SampleConfig(_Section):
@@ -213,9 +216,9 @@ class SampleConfig(_Section):
     guidance: float = Field(1.0, ge=0.0, allow_inf_nan=False)  # classifier-free (text) guidance; 1 = unguided
     # Class guidance: the requested class against the null class (needs a bundle trained with loss.p_null > 0);
     # 1 = none. With text guidance too, the class direction's weight is guidance + class_guidance - 1
-    # (synthaug.ldm.sampling.guided_prediction). 4: the demo-budget generator's volumes then carry their class
-    # (judge AUROC 0.88 against the requested class, vs 0.54 at 1; benchmarks/bench_class_signal.py).
-    class_guidance: float = Field(4.0, ge=0.0, allow_inf_nan=False)
+    # (synthaug.ldm.sampling.guided_prediction). None (default): CLASS_GUIDANCE for a model trained with a null
+    # class (loss.p_null > 0), else 1.
+    class_guidance: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     # The U-Net's class input: report = softmax of the adapter's logits from the report (the reference);
     # label = the requested class, one-hot (what teacher forcing, loss.p_label, trains it on).
     class_source: Literal["report", "label"] = "report"
@@ -302,7 +305,7 @@ class SynthaugConfig(_Section):
 
     @model_validator(mode="after")
     def _class_guidance_needs_a_null_class(self) -> SynthaugConfig:
-        if self.sample.class_guidance != 1.0 and self.loss.p_null == 0.0:
+        if self.sample.class_guidance not in (None, 1.0) and self.loss.p_null == 0.0:
             raise ValueError(f"sample.class_guidance {self.sample.class_guidance:g} needs loss.p_null > 0 (the "
                              "null class it guides against): set loss.p_null, e.g. 0.1, or class_guidance 1")
         return self

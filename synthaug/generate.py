@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthaug.config import CLASS_GUIDANCE
 from synthaug.data.io import centred_affine
 from synthaug.data.reports import template_report
 from synthaug.errors import InputError
@@ -65,7 +66,8 @@ class CCELLAGenerator:
         self.bundle = bundle
         self.device = torch.device(device)
         self.guidance = float(settings.guidance)
-        self.class_guidance = float(settings.class_guidance)
+        self.class_guidance = float(settings.class_guidance if settings.class_guidance is not None
+                                    else CLASS_GUIDANCE if bundle.config.loss.p_null > 0 else 1.0)
         self.class_source = settings.class_source
         self.report_source = settings.report_source
         self.batch_size = int(settings.batch_size)

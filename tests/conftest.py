@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 
-# As the synthaug command does (synthaug/cli.py), before torch starts OpenMP: idle threads sleep instead of
-# spin-waiting, so the suite does not slow itself down tenfold on a busy machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from synthaug.threads import choose_wait_policy  # noqa: E402 - imports neither torch nor numpy
+
+# As the synthaug command does (synthaug/cli.py), before torch starts OpenMP: on a busy machine idle threads
+# sleep instead of spin-waiting, so the suite does not slow itself (and its neighbours) down several-fold.
+choose_wait_policy()
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -24,7 +24,8 @@ REPORT = "IMPRESSION: PI-RADS 4 lesion in the left peripheral zone."
 
 @pytest.fixture(scope="module")
 def generator(small_bundle) -> CCELLAGenerator:
-    return CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, eta=0.0)
+    """Unguided (class guidance 1): the tests below compare guidance against it."""
+    return CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, eta=0.0, class_guidance=1.0)
 
 
 def close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -124,6 +125,19 @@ def test_class_guidance_pushes_the_class_against_the_null_class(generator, small
     b = guided.generate([1], reports=[REPORT], seeds=[3])
     assert not torch.allclose(a.volumes, b.volumes)
     assert b.provenance[0]["class_guidance"] == 3.0 and a.provenance[0]["class_guidance"] == 1.0
+
+
+def test_class_guidance_defaults_to_4_with_a_null_class_and_1_without(small_bundle):
+    from dataclasses import replace
+
+    from synthaug.config import CLASS_GUIDANCE
+
+    bundle = load_bundle(small_bundle)
+    assert bundle.config.sample.class_guidance is None and CLASS_GUIDANCE == 4.0
+    assert CCELLAGenerator(bundle, sampler="ddim", steps=1).class_guidance == 4.0
+    loss = bundle.config.loss.model_copy(update={"p_null": 0.0})
+    no_null = replace(bundle, config=bundle.config.model_copy(update={"loss": loss}))
+    assert CCELLAGenerator(no_null, sampler="ddim", steps=1).class_guidance == 1.0
 
 
 def test_class_guidance_is_refused_on_a_bundle_trained_without_a_null_class(small_bundle, tmp_path):

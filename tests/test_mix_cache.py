@@ -184,7 +184,9 @@ def test_class_guidance_is_a_cache_setting_shown_by_cache_info(small_bundle, sma
     meta = json.loads((old / CACHE_FILE).read_text())
     del meta["generator"]["class_guidance"]
     (old / CACHE_FILE).write_text(json.dumps(meta))
-    SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2))
+    SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_guidance=1.0))
+    with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):  # today's default: 4
+        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2))
 
 
 def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(small_cache, generator, tmp_path):

@@ -1,6 +1,6 @@
 """``synthaug demo``: the whole method on the embedded phantom, on a CPU, with an honest report at the end.
 
-    run_demo("demo_out")              # ~10 minutes on 2 cores
+    run_demo("demo_out")              # 8-13 minutes on 2 cores
     run_demo("demo_out", quick=True)  # ~2 minutes: fewer cases, steps and seeds; the same stages
 
 Stages: phantom -> train (tiny preset, the train split only) -> pregenerate a class-balanced cache ->

@@ -409,7 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from synthaug.report import stage_progress
 
     options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance),
-                                 ("device", args.device)) if v is not None}
+                                 ("class_guidance", args.class_guidance), ("device", args.device)) if v is not None}
     console = _console()
     with stage_progress(console) as progress:
         metrics = evaluate_synthetic(
@@ -585,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="for --paper-protocol")
     p.add_argument("--steps", type=T.count(1), help="for --paper-protocol")
     p.add_argument("--guidance", type=T.finite(0), help="for --paper-protocol")
+    p.add_argument("--class-guidance", type=T.finite(0), help="for --paper-protocol (default: the bundle's)")
     p.add_argument("--device", type=T.device, help="for --paper-protocol generation: cpu or cuda[:N]")
     p.add_argument("--medicalnet", type=Path, help="MedicalNet ResNet-50 weights (local file) for 3D FID")
     p.add_argument("--radimagenet", type=Path, help="RadImageNet ResNet-50 weights (local file) for 2.5D FID")

@@ -30,9 +30,11 @@ def test_evaluate_a_cache_against_the_test_split(small_phantom, small_cache, tmp
 def test_paper_protocol_makes_one_volume_per_case_from_its_report(small_phantom, small_bundle, tmp_path, capsys):
     out = tmp_path / "paper"
     done = in_process(capsys, "evaluate", "--real", small_phantom, "--split", "test", "--paper-protocol", "--bundle",
-                      small_bundle, "--sampler", "ddim", "--steps", "2", "--out", out, "--fidelity-model", "none")
+                      small_bundle, "--sampler", "ddim", "--steps", "2", "--class-guidance", "2", "--out", out,
+                      "--fidelity-model", "none")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (out / "paper_protocol" / "provenance.jsonl").read_text().splitlines()]
+    assert {r["class_guidance"] for r in rows} == {2.0}
     real = [json.loads(line) for line in small_phantom.read_text().splitlines() if '"split": "test"' in line]
     assert [(r["case_id"], r["report"], r["label"]) for r in rows] == [(c["case_id"], c["report"], c["label"])
                                                                        for c in real]

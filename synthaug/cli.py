@@ -7,7 +7,6 @@ User mistakes (``synthaug.errors.InputError``) print one line and exit with code
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +28,12 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="YAML/JSON config file (see `synthaug config show`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set phantom.difficulty=0.7 (repeatable)")
+
+
+def _add_trust_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
+                        "only for a model folder you trust)")
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()):  # noqa: ANN202 - lazy import of the type
@@ -342,13 +347,10 @@ def _ratios(text: str) -> list:
             out.append(part)
             continue
         try:
-            value = float(part)
+            out.append(float(part))  # its range (finite, >= 0) is checked by SweepSettings.check
         except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value >= 0):
-            raise InputError(f"ratio {part!r} is not a finite number >= 0 or {SYNTHETIC_ONLY}", where="--ratios",
-                             fix="e.g. --ratios 0,0.5,1,2,synthetic-only")
-        out.append(value)
+            raise InputError(f"ratio {part!r} is not a number or {SYNTHETIC_ONLY}", where="--ratios",
+                             fix="e.g. --ratios 0,0.5,1,2,synthetic-only") from None
     return out
 
 
@@ -375,12 +377,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     low, _, high = (args.ratio_range or "0.1:4").partition(":")
     try:
-        ratio_min, ratio_max = float(low), float(high)
+        ratio_min, ratio_max = float(low), float(high)  # their range is checked by SweepSettings.check
     except ValueError:
-        ratio_min = ratio_max = math.nan
-    if not (math.isfinite(ratio_min) and math.isfinite(ratio_max)):
-        raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX (finite numbers)", where="--ratio-range",
-                         fix="e.g. --ratio-range 0.1:4")
+        raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX", where="--ratio-range",
+                         fix="e.g. --ratio-range 0.1:4") from None
     settings = SweepSettings(
         ratios=_ratios(args.ratios), search=args.search, ratio_min=ratio_min, ratio_max=ratio_max,
         n_trials=args.trials, tune_lr=args.tune_lr, tune_epochs=args.tune_epochs, seeds=args.seeds,
@@ -523,9 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="use the raw LDM weights instead of the EMA ones")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
-                        "only for a model folder you trust)")
+    _add_trust_option(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("pregenerate", help="fill a synthetic cache from a bundle (resumable, shardable)")
@@ -558,9 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep a volume when P(requested class) >= this, in (0.5, 1) (default 0.8)")
     p.add_argument("--filter-epochs", type=T.count(1), default=10, help="epochs of --filter train (default 10)")
     p.add_argument("--filter-crop", help="X,Y,Z: the filter sees a centred box of this many voxels")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
-                        "only for a model folder you trust)")
+    _add_trust_option(p)
     p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     p.set_defaults(func=cmd_pregenerate)
 

@@ -131,12 +131,12 @@ def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], tor
     cas_seed = seed + 1  # never the judge's own weights
     real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:n]
     cas = {}
+    test = volumes(test_items)
     if n >= 2 and len({c["label"] for c in real_n}) == 2:
-        test = volumes(test_items)
         for setting, items in ((f"synthetic N={n}", synthetic_items[:n]), (f"real N={n}", real_n)):
             predict = train_classifier(items, manifest.items("val"), data, model, epochs, cas_seed, crop)
             cas[f"{setting} ({model}, seed {cas_seed})"] = predict(test)
-    return class_signal_chain(judge, judge_name, volumes(test_items), [c["label"] for c in test_items],
+    return class_signal_chain(judge, judge_name, test, [c["label"] for c in test_items],
                               reconstruct=reconstruct, adapter=adapter, cas=cas,
                               generated={"the evaluated set": (volumes(synthetic_items),
                                                                [c["requested_label"] for c in synthetic_items])})
@@ -190,6 +190,8 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
     train_cases = [c for c in manifest.items("train") if c["case_id"] in train_ids] or manifest.items("train")
     predict = fidelity_classifier(manifest, data, fidelity_model, fidelity_epochs, crop=fidelity_crop) \
         if fidelity_model else None
+    if predict is not None and not paper_protocol:  # before any more work: the judge must not be the filter
+        check_judge(predict.weights_sha256, (cache.meta.get("filter") or {}).get("weights_sha256"))
     extractor = None
     if features == "judge" and predict is not None and medicalnet is None:
         from synthaug.metrics.features import ClassifierFeatures
@@ -201,11 +203,9 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
                                radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
                                resize=resize, extractor=extractor, progress=progress)
     if predict is not None and not resize:
-        if not paper_protocol:
-            check_judge(predict.weights_sha256, (SyntheticCache(synthetic).meta.get("filter") or {}).get("weights_sha256"))
         judge = f"{fidelity_model} (seed 0, trained on the real train split, {fidelity_epochs} epochs)"
         chain = class_signal(manifest, data, predict, judge, synthetic_items, split=split,
-                             generator=generator if paper_protocol else _cache_generator(synthetic),
+                             generator=generator if paper_protocol else _cache_generator(cache),
                              model=fidelity_model, epochs=fidelity_epochs, crop=fidelity_crop)
         metrics["class_signal"] = chain.to_dict()
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -213,13 +213,12 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
     return metrics
 
 
-def _cache_generator(cache_folder):  # noqa: ANN001, ANN202 - CCELLAGenerator | None
+def _cache_generator(cache):  # noqa: ANN001, ANN202 - SyntheticCache -> CCELLAGenerator | None
     """The generator of a cache when its bundle is still where ``cache.json`` says (for the VAE and adapter links)."""
     from synthaug.generate import CCELLAGenerator
-    from synthaug.mix.cache import SyntheticCache
 
-    bundle = SyntheticCache(cache_folder).meta.get("bundle_path")
+    bundle = cache.meta.get("bundle_path")
     if not bundle or not Path(bundle).is_dir():
         return None
     generator = CCELLAGenerator.from_bundle(bundle)
-    return generator if generator.fingerprint == SyntheticCache(cache_folder).fingerprint else None
+    return generator if generator.fingerprint == cache.fingerprint else None

@@ -70,7 +70,7 @@ def test_statistics_of_seeds():
 
 def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, capsys):
     base = ["sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", tmp_path / "o", *SHAPE]
-    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio '-1'"),
+    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio -1.0"),
                          (["--seeds", "0"], "seeds"), (["--ratios", "0,lots"], "'lots'"),
                          (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage"),
                          (["--tune-lr"], "--search tpe"), (["--tune-epochs"], "--search tpe"),

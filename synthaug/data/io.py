@@ -266,9 +266,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def load_weights(path: str | os.PathLike[str]) -> dict:
-    """Tensors of a safetensors file; a pickle or a truncated file is a clear ``InputError``, never unpickled."""
-    from safetensors.torch import load_file
+def check_weights(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a readable safetensors file (only its header is read); a clear ``InputError`` otherwise."""
+    from safetensors import safe_open
 
     from synthaug.errors import InputError
 
@@ -281,7 +281,23 @@ def load_weights(path: str | os.PathLike[str]) -> dict:
         raise InputError("is a pickle/torch.save file, not safetensors", where=str(path),
                          fix="convert it with safetensors.torch.save_file (synthaug never loads pickles)")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt"):
+            pass  # the header parses: names, shapes and offsets are consistent with the file's size
     except Exception as exc:  # safetensors raises its own error types for bad headers and short files
+        raise InputError(f"is not a readable safetensors file ({exc})", where=str(path),
+                         fix="the file is truncated or corrupt; write it again") from exc
+    return path
+
+
+def load_weights(path: str | os.PathLike[str]) -> dict:
+    """Tensors of a safetensors file; a pickle or a truncated file is a clear ``InputError``, never unpickled."""
+    from safetensors.torch import load_file
+
+    from synthaug.errors import InputError
+
+    path = check_weights(path)
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # a file cut after its header
         raise InputError(f"is not a readable safetensors file ({exc})", where=str(path),
                          fix="the file is truncated or corrupt; write it again") from exc

@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from synthaug import __version__
 from synthaug.config import SynthaugConfig
-from synthaug.data.io import atomic_path, atomic_write_text, file_sha256, load_weights, read_volume
+from synthaug.data.io import atomic_path, atomic_write_text, check_weights, file_sha256, read_volume
 from synthaug.data.manifest import CaseRecord, Manifest, load_manifest
 from synthaug.distributed import Dist
 from synthaug.errors import ConfigError, InputError, SynthaugError, TrainingInterrupted
@@ -132,8 +132,7 @@ def _check_autoencoder_source(source: Path, cfg: SynthaugConfig) -> Path:
             raise ConfigError("the bundle's autoencoder settings differ from this config", where=str(source),
                               fix="train with the same autoencoder settings or without --autoencoder")
         source = source / AUTOENCODER_FILE
-    load_weights(source)  # not found, a pickle or not safetensors: one InputError naming the file
-    return source
+    return check_weights(source)  # not found, a pickle or not safetensors: one InputError naming the file
 
 
 def autoencoder_file(cfg: SynthaugConfig, work: Path, key: str) -> Path:
@@ -149,15 +148,15 @@ def prepare_autoencoder(cfg: SynthaugConfig, volumes: torch.Tensor, work: Path, 
                         autoencoder: str | Path | None, device: torch.device,
                         progress: Progress | None, resume: bool = False,
                         should_stop: Callable[[], str | None] | None = None) -> tuple[torch.nn.Module, str]:
-    """Load the user's VAE, reuse one trained earlier in ``work``, or train one; returns (model, weights hash).
+    """Load the user's VAE (``autoencoder``: its checked weights file), reuse one trained earlier in ``work``, or
+    train one; returns (model, weights hash).
 
     Training checkpoints every ``train.checkpoint_every`` steps and on a stop signal; ``resume`` continues
     from the newest checkpoint exactly.
     """
     if autoencoder is not None:
-        source = _check_autoencoder_source(Path(autoencoder), cfg)
-        model = load_autoencoder(cfg.autoencoder, source, in_channels=volumes.shape[1])
-        return model.to(device).eval(), file_sha256(source)
+        model = load_autoencoder(cfg.autoencoder, autoencoder, in_channels=volumes.shape[1])
+        return model.to(device).eval(), file_sha256(autoencoder)
     file = autoencoder_file(cfg, work, key)
     if file.is_file():
         return load_autoencoder(cfg.autoencoder, file, in_channels=volumes.shape[1]).to(device).eval(), file_sha256(file)
@@ -534,7 +533,7 @@ def train_generator(
     cases = training_cases(manifest)
     key = data_key(manifest, cases, cfg)
     if autoencoder is not None:
-        _check_autoencoder_source(Path(autoencoder), cfg)
+        autoencoder = _check_autoencoder_source(Path(autoencoder), cfg)
     from synthaug.text.encoder import TextEncoder
 
     encoder = TextEncoder.from_config(cfg.text)

@@ -93,7 +93,6 @@ class VolumeFilter:
         """``--filter train`` (train on ``manifest``, or reuse the filter ``kept`` from an earlier run) or a weights file."""
         from synthaug.data.manifest import load_manifest
 
-        check_confidence(confidence)
         if option != "train":
             return cls.load(option, data, model=model, confidence=confidence, crop=crop)
         if kept.is_file():  # resuming a filtered cache: the very filter that decided its earlier candidates

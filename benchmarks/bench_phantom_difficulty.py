@@ -17,6 +17,7 @@ Target (issue 6): at ~50 cases clearly below the 400-case figure, neither chance
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -42,6 +43,17 @@ class Repeated:
         return self.items[i % len(self.items)]
 
 
+def phantom_code_digest() -> str:
+    """Short digest of the phantom's source files."""
+    import synthaug.data
+
+    source = Path(synthaug.data.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(source.glob("phantom*.py")) + [source / "reports.py"]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def load_phantom(args: argparse.Namespace) -> tuple[dict[str, list[dict]], dict]:
     """Write (or reuse) the phantom and return its preprocessed, cropped items per split, plus configs."""
     import torch
@@ -52,14 +64,17 @@ def load_phantom(args: argparse.Namespace) -> tuple[dict[str, list[dict]], dict]
     from synthaug.data.phantom import write_phantom_dataset
     from synthaug.data.transforms import preprocessing_transforms
 
-    cfg = load_config(preset="tiny")
+    cfg = load_config(preset="tiny", overrides=args.set)
     phantom = cfg.phantom.model_copy(update={"seed": args.phantom_seed})
     if args.difficulty is not None:
         phantom.difficulty = args.difficulty
     phantom.n_cases = args.n_cases or math.ceil(max(args.sizes) / phantom.split_fractions[0]) + 1
-    folder = RESULTS / "phantoms" / f"d{phantom.difficulty:g}_n{phantom.n_cases}_s{phantom.seed}"
+    shape = "x".join(str(v) for v in cfg.data.image_shape)
+    code = phantom_code_digest()  # a phantom written by older phantom code is not reused
+    folder = RESULTS / "phantoms" / f"d{phantom.difficulty:g}_n{phantom.n_cases}_s{phantom.seed}_{shape}_{code}"
     info = folder / "phantom.json"
-    same = info.exists() and json.loads(info.read_text())["phantom"] == phantom.model_dump(mode="json")
+    same = info.exists() and all(json.loads(info.read_text()).get(key) == value.model_dump(mode="json")
+                                 for key, value in (("phantom", phantom), ("data", cfg.data)))
     start = time.perf_counter()
     if not same:
         write_phantom_dataset(folder, cfg.data, phantom, overwrite=True)
@@ -149,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phantom-seed", type=int, default=0)
     parser.add_argument("--n-cases", type=int, default=None,
                         help="phantom size; default: enough training cases for the largest --sizes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. the demo's size: --set 'data.image_shape=[48,48,32]' "
+                             "--set 'data.spacing=[2,2,3]' --crop 32 32 16")
     parser.add_argument("--model", default="tiny-cnn")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=None, help="early stopping (epochs); default: off")

@@ -135,17 +135,32 @@ class AutoencoderConfig(_Section):
     norm_num_groups: int = Field(8, ge=1)
     attention: bool = False  # attention at the deepest level plus non-local blocks in encoder/decoder
     kl_weight: float = Field(1e-6, ge=0.0)
+    # L1 between the spatial finite differences of reconstruction and input: keeps edges (lesion borders,
+    # capsule, zones) that plain L1 blurs away in a short CPU run (benchmarks/bench_autoencoder.py)
+    edge_weight: float = Field(0.0, ge=0.0)
     perceptual_weight: float = Field(0.0, ge=0.0)  # > 0 needs perceptual_weights (a local file)
     perceptual_weights: str | None = None
     steps: int = Field(300, ge=0)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(1e-4, gt=0.0)
+    # Train on random patches of this size (voxels, X Y Z; each a multiple of the downsampling factor) instead
+    # of whole volumes: the network is convolutional, so it encodes whole volumes all the same, and a step
+    # costs the patch's share of the volume. None: whole volumes (the reference).
+    patch_size: tuple[int, int, int] | None = None
     latent_sampling: bool = False  # False: store the posterior mean (default); True: a sample
 
     @model_validator(mode="after")
     def _groups_divide_channels(self) -> AutoencoderConfig:
         if any(c % self.norm_num_groups for c in self.channels):
             raise ValueError(f"every channel count {list(self.channels)} must be divisible by norm_num_groups")
+        return self
+
+    @model_validator(mode="after")
+    def _patch_divides(self) -> AutoencoderConfig:
+        factor = 2 ** (len(self.channels) - 1)
+        if self.patch_size is not None and any(s < factor or s % factor for s in self.patch_size):
+            raise ValueError(f"patch_size {list(self.patch_size)}: every side must be a positive multiple of the "
+                             f"downsampling factor {factor}")
         return self
 
 
@@ -326,7 +341,9 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 # Overrides over the model defaults; the defaults are the tiny (CPU) sizes.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
+    # On a CPU the autoencoder trains on 32x32x16 patches at lr 1e-3: 960 such steps cost about 2x the
+    # reference's 120 whole-volume steps and keep the lesions (benchmarks/bench_autoencoder.py).
+    "tiny": {"autoencoder": {"lr": 1e-3, "patch_size": [32, 32, 16], "steps": 960}},
     "small": {
         "data": {"image_shape": [128, 128, 64], "spacing": [0.75, 0.75, 1.5]},
         "text": {"max_tokens": 256},

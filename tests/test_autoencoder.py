@@ -15,8 +15,10 @@ from synthaug.ldm.autoencoder import (
     build_perceptual_loss,
     decode_latents,
     downsample_factor,
+    edge_l1,
     encode_volumes,
     load_autoencoder,
+    random_patches,
     save_autoencoder,
     scale_factor,
     train_autoencoder,
@@ -74,6 +76,57 @@ def test_loss_is_l1_plus_weighted_kl():
     assert parts["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_edge_term_penalises_a_lost_edge_but_not_a_constant_offset():
+    x = torch.zeros(1, 1, 8, 8, 8)
+    x[..., 2:6, 2:6, 2:6] = 1.0  # a bright cube: six faces of edges
+    offset, erased = x + 0.3, torch.full_like(x, float(x.mean()))
+    assert float(edge_l1(x, x)) == 0.0
+    assert float(edge_l1(offset, x)) == pytest.approx(0.0, abs=1e-6)  # edges kept, level wrong: L1's job
+    # the flat volume misses every unit step across the cube's two faces per axis: 2 x 4 x 4 of 7 x 8 x 8 differences
+    assert float(edge_l1(erased, x)) == pytest.approx(2 * 16 / (7 * 8 * 8))
+    cfg = tiny(edge_weight=2.0)
+    mu = sigma = torch.ones(1, 4, 2, 2, 2)
+    loss, parts = autoencoder_loss(erased, x, mu, sigma, cfg)
+    _, plain = autoencoder_loss(erased, x, mu, sigma, tiny())
+    assert "edge" not in plain and parts["edge"] == pytest.approx(float(edge_l1(erased, x)))
+    assert float(loss) == pytest.approx(plain["loss"] + 2.0 * parts["edge"])
+
+
+def test_patches_are_seeded_boxes_of_each_volume():
+    x = torch.arange(2 * 32 * 32 * 16, dtype=torch.float32).reshape(2, 1, 32, 32, 16)
+    a = random_patches(x, (16, 8, 16), torch.Generator().manual_seed(3))
+    b = random_patches(x, (16, 8, 16), torch.Generator().manual_seed(3))
+    assert a.shape == (2, 1, 16, 8, 16) and torch.equal(a, b)
+    for volume, patch in zip(x, a):  # a contiguous box of its own volume
+        i, j, k = (int(v) for v in torch.nonzero(volume[0] == patch[0, 0, 0, 0])[0])
+        assert torch.equal(volume[:, i:i + 16, j:j + 8, k:k + 16], patch)
+    corners = {tuple(int(v) for v in torch.nonzero(x[0, 0] == random_patches(x, (8, 8, 8), g)[0, 0, 0, 0, 0])[0])
+               for g in (torch.Generator().manual_seed(s) for s in range(20))}
+    assert len(corners) > 10  # the boxes move
+    assert random_patches(x, (64, 32, 16), torch.Generator()).shape == x.shape  # never padded
+
+
+def test_patch_size_must_divide_by_the_downsampling_factor():
+    with pytest.raises(ValueError, match="patch_size.*multiple of the downsampling factor 4"):
+        tiny(patch_size=(16, 16, 6))
+    with pytest.raises(ValueError, match="patch_size"):
+        tiny(patch_size=(0, 16, 8))
+
+
+def test_a_model_trained_on_patches_encodes_whole_volumes():
+    cfg = tiny(steps=20, lr=2e-3, patch_size=(16, 16, 8))
+    model = build_autoencoder(cfg, seed=0)
+    history = train_autoencoder(model, smooth_volumes(4), cfg, precision="fp32", seed=0)
+    assert np.mean([r["loss"] for r in history[-5:]]) < 0.7 * np.mean([r["loss"] for r in history[:5]])
+    z = encode_volumes(model, smooth_volumes(2), batch_size=2)
+    assert z.shape == (2, 4, 8, 8, 4) and decode_latents(model, z).shape == (2, 1, *SHAPE)
+    whole_cfg = tiny(steps=2, lr=2e-3)
+    patched, whole = build_autoencoder(whole_cfg, seed=0), build_autoencoder(whole_cfg, seed=0)
+    train_autoencoder(patched, smooth_volumes(4), whole_cfg.model_copy(update={"patch_size": (16, 16, 8)}), seed=0)
+    train_autoencoder(whole, smooth_volumes(4), whole_cfg, seed=0)
+    assert not same_weights(patched, whole)  # the patches, not the whole volumes, were trained on
+
+
 def test_training_reduces_the_loss():
     cfg = tiny(steps=30, lr=2e-3, batch_size=2)
     seen = []
@@ -99,10 +152,10 @@ def test_training_is_deterministic_for_a_seed_and_leaves_the_global_rng_alone():
     assert not same_weights(a, build_autoencoder(cfg, seed=1))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, precision):
+@pytest.mark.parametrize(("precision", "patch"), [("fp32", None), ("bf16", None), ("fp32", (16, 16, 8))])
+def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, precision, patch):
     """Stopped at step 3 of 7 (mid-epoch: 3 volumes, batch 2), checkpointed, resumed: the same weights."""
-    cfg, vols = tiny(steps=7), smooth_volumes(3)
+    cfg, vols = tiny(steps=7, patch_size=patch), smooth_volumes(3)
     whole = build_autoencoder(cfg, seed=0)
     train_autoencoder(whole, vols, cfg, precision=precision, seed=5)
 

@@ -138,6 +138,9 @@ def test_difficulty_controls_contrast_and_mimics() -> None:
     easy_contrast = np.mean([les["contrast"] for p in easy_plans for les, _ in p.lesions])
     hard_contrast = np.mean([les["contrast"] for p in hard_plans for les, _ in p.lesions])
     assert easy_contrast > 1.5 * hard_contrast and hard_contrast > 0.2  # still visible when hardest
+    easy_size = np.median([les["size_mm"] for p in easy_plans for les, _ in p.lesions])
+    hard_size = np.median([les["size_mm"] for p in hard_plans for les, _ in p.lesions])
+    assert easy_size > 1.4 * hard_size and min(les["size_mm"] for p in easy_plans for les, _ in p.lesions) >= 8.0
 
 
 # ---------------------------------------------------------------- dataset-level draws

@@ -184,18 +184,21 @@ def _draw_lesions(rng: np.random.Generator, an: Anatomy, hardness: float, taken)
     u = rng.random()
     for i in range(1 + int(u < 0.35) + int(u < 0.10)):
         zone = "PZ" if rng.random() < 0.7 else "TZ"
-        median = 13.0 - 4.0 * hardness  # mm; secondary lesions are smaller
-        size = float(np.clip(rng.lognormal(math.log(median), 0.35) * (0.8 if i else 1.0), 5.0, 25.0))
+        # Large and conspicuous at the easy end (learnable at the demo's 2 mm voxels), small when hard.
+        median = 16.0 - 7.0 * hardness  # mm; secondary lesions are smaller
+        smallest = 8.0 - 3.0 * hardness
+        size = float(np.clip(rng.lognormal(math.log(median), 0.35) * (0.8 if i else 1.0), smallest, 25.0))
         epe = size >= 10 and rng.random() < 0.12
         t2, dwi = _scores(rng, zone, size, epe)
         pirads = lesion_pirads(zone, t2, dwi)
         r = size / 2
         p = _place(rng, an, zone, (-r * 0.7, -r * 0.15) if epe else (-60.0, -min(0.6 * r, 4.0)), taken, r)
         taken.append((p, r))
-        factor = {3: 0.6, 4: 0.85, 5: 0.95}[t2] * rng.uniform(0.85, 1.15)
-        contrast = min(_lesion_contrast(hardness) * factor, 0.85 - 0.3 * hardness)  # dark, never black
-        if zone == "TZ":
-            contrast *= 0.6  # the TZ is already dark: a TZ cancer sits near muscle signal, not black
+        factor = {3: 0.6, 4: 0.85, 5: 0.95}[t2]
+        factor += (1.0 - factor) * 0.6 * (1.0 - hardness)  # equivocal lesions stay visible when easy
+        contrast = min(_lesion_contrast(hardness) * factor * rng.uniform(0.85, 1.15), 0.85 - 0.3 * hardness)
+        if zone == "TZ":  # the TZ is already dark: a TZ cancer sits near muscle signal, not black
+            contrast *= 0.6 + 0.3 * (1.0 - hardness)
         texture = 0.15 if t2 == 3 else 0.03  # equivocal lesions are heterogeneous
         if zone == "PZ":  # round/ovoid, circumscribed unless equivocal
             radii = (r, r * rng.uniform(0.6, 0.9), r * rng.uniform(0.7, 1.0))

@@ -124,7 +124,9 @@ def autoencoder_loss(
     perceptual: nn.Module | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """L1 + ``kl_weight`` * KL (+ ``perceptual_weight`` * 2.5D perceptual). Returns (loss, float parts).
+    """L1 + ``kl_weight`` * KL (+ ``edge_weight`` * edge L1, + ``perceptual_weight`` * 2.5D perceptual).
+
+    Returns (loss, float parts). The edge term is ``edge_l1``.
 
     KL is the sum over latent elements, averaged over the batch (as MONAI's tutorials). ``perceptual``
     is a ``build_perceptual_loss`` module, built here when the config asks for one and none is given.
@@ -135,6 +137,10 @@ def autoencoder_loss(
     kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2.0 * torch.log(sigma) - 1.0).flatten(1).sum(1).mean()
     loss = l1 + cfg.kl_weight * kl
     parts = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+    if cfg.edge_weight > 0:
+        edge = edge_l1(recon.float(), x.float())
+        loss = loss + cfg.edge_weight * edge
+        parts["edge"] = float(edge.detach())
     if cfg.perceptual_weight > 0:
         if perceptual is None:
             perceptual = build_perceptual_loss(cfg).to(x.device)
@@ -143,6 +149,15 @@ def autoencoder_loss(
         parts["perceptual"] = float(p.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts
+
+
+def edge_l1(recon: Tensor, x: Tensor) -> Tensor:
+    """Mean L1 between the forward differences of ``recon`` and ``x`` along each spatial axis of
+    ``(B, C, X, Y, Z)`` volumes, averaged over the three axes: zero only where every edge is kept."""
+    total = recon.new_zeros(())
+    for dim in (2, 3, 4):
+        total = total + (recon.diff(dim=dim) - x.diff(dim=dim)).abs().mean()
+    return total / 3
 
 
 class SlicePerceptualLoss(nn.Module):
@@ -253,7 +268,8 @@ def train_autoencoder(
 
     ``volumes`` holds ``(C, X, Y, Z)`` tensors (or MONAI dicts with an ``"image"`` key), every side a
     multiple of ``downsample_factor(cfg)``. Batches of ``cfg.batch_size`` are drawn epoch by epoch
-    from a generator seeded with ``seed``; ``augment`` flips left-right at random. ``precision``:
+    from a generator seeded with ``seed`` (random ``cfg.patch_size`` boxes when set); ``augment`` flips
+    left-right at random. ``precision``:
     autocast dtype (``auto`` = bf16 on CPU, about 2x faster there; fp16 on CUDA with loss scaling).
     ``progress(step, total, record)`` is called after every step.
 
@@ -296,6 +312,8 @@ def train_autoencoder(
     history: list[dict] = []
     for step in range(first, cfg.steps + 1):
         x = torch.stack([_volume(volumes[i], factor, i) for i in next(batches)])  # (B, C, X, Y, Z)
+        if cfg.patch_size is not None:
+            x = random_patches(x, cfg.patch_size, generator)
         if augment:
             flip = (torch.rand(x.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1, 1)
             x = torch.where(flip, x.flip(2), x)
@@ -332,6 +350,20 @@ def train_autoencoder(
                                       where=str(checkpoints), fix="run the same command with --resume to continue")
     model.eval()
     return history
+
+
+def random_patches(x: Tensor, size: Sequence[int], generator: torch.Generator) -> Tensor:
+    """One random ``size`` box (voxels) from each ``(C, X, Y, Z)`` volume of the batch ``x``, drawn from ``generator``.
+
+    A side longer than the volume's is the whole side (training on patches never pads).
+    """
+    out = []
+    for volume in x:
+        corner = [int(torch.randint(0, n - s + 1, (1,), generator=generator)) if s < n else 0
+                  for n, s in zip(volume.shape[1:], size)]
+        box = tuple(slice(c, c + min(s, n)) for c, s, n in zip(corner, size, volume.shape[1:]))
+        out.append(volume[(slice(None), *box)])
+    return torch.stack(out)
 
 
 class EpochBatches:

@@ -29,7 +29,7 @@ METRICS = ("accuracy", "balanced_accuracy", "auroc", "ap")
 
 
 def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int, vae_steps: int,
-               prediction: str = "eps") -> tuple[Path, Path]:
+               prediction: str = "eps", overrides: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A phantom with exactly ``n_train`` training cases and a generator bundle trained on those only."""
     from synthaug.config import load_config
     from synthaug.data.phantom import write_phantom_dataset
@@ -38,7 +38,8 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
     n = n_train + n_val + n_test
     cfg = load_config(preset="tiny", overrides=[
         f"phantom.n_cases={n}", f"phantom.split_fractions=[{n_train / n}, {n_val / n}, {n_test / n}]",
-        f"train.steps={ldm_steps}", f"autoencoder.steps={vae_steps}", f"diffusion.prediction={prediction}"])
+        f"train.steps={ldm_steps}", f"autoencoder.steps={vae_steps}", f"diffusion.prediction={prediction}",
+        *overrides])
     manifest = work / "phantom" / "manifest.jsonl"
     if not manifest.is_file():
         write_phantom_dataset(work / "phantom", cfg.data, cfg.phantom, overwrite=True)
@@ -93,8 +94,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--samples-per-epoch", type=int, default=100)
     parser.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels")
+    parser.add_argument("--budget", choices=("bench",),
+                        help="bench: the class-signal benchmark's bench-budget generator (the demo's 48x48x32 "
+                             "geometry, flow, VAE 1920 patch steps, LDM 6000 steps); overrides the step options")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator config override")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
+    if args.budget == "bench":
+        from synthaug.demo import DemoPlan
+
+        plan = DemoPlan()
+        args.vae_steps, args.ldm_steps, args.prediction = 1920, 6000, "flow"
+        args.set = [f"data.image_shape={list(plan.image_shape)}", *plan.extra_train, *args.set]
 
     import torch
     from monai.data import Dataset
@@ -105,14 +116,15 @@ def main() -> None:
     from synthaug.data.manifest import load_manifest
     from synthaug.ldm.bundle import load_bundle
     from synthaug.sweep import VolumeStore
-    from synthaug.sweep_report import mean_ci
+    from synthaug.sweep_report import holm, mean_ci, paired_difference
 
     console = Console(width=max(Console().width, 160))
-    args.work = args.work or RESULTS / f"paper_protocol_{args.prediction}"
+    args.work = args.work or RESULTS / (f"paper_protocol_{args.prediction}"
+                                        + (f"_{args.budget}" if args.budget else ""))
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps,
-                                        args.prediction)
+                                        args.prediction, tuple(args.set))
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
     assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"
@@ -152,10 +164,21 @@ def main() -> None:
         paper = PAPER[arm]["accuracy"]
         table.add_row(arm, *cells, "-" if paper is None else f"{paper:.2f}")
     console.print(table)
+    # paired over seeds against real only, Holm-corrected across the other arms
+    gains = {m: {arm: paired_difference({r["seed"]: r[m] for r in rows}, {r["seed"]: r[m] for r in results["real only"]})
+                 for arm, rows in results.items() if arm != "real only"} for m in ("balanced_accuracy", "auroc")}
+    for metric, per_arm in gains.items():
+        for arm, adjusted in zip(per_arm, holm([d["p"] for d in per_arm.values()])):
+            per_arm[arm]["p_holm"] = adjusted
+            d = per_arm[arm]
+            console.print(f"{arm} - real only, {metric}: {d['mean']:+.3f} "
+                          + (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else "")
+                          + (f", paired p {d['p']:.3g}, Holm {adjusted:.3g}" if d["p"] is not None else ""))
     console.print(f"{PAPER_NOTE}. Predicted label = real label for {agree:.0%} of the synthetic twins.")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.out
     out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
+                               "paired_vs_real_only": gains,
                                "runs": results, "predicted_label_agreement": agree, "paper": PAPER_NOTE,
                                "machine": platform.platform(), "cpus": os.cpu_count(),
                                "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,

@@ -97,9 +97,9 @@ class PhantomConfig(_Section):
     n_cases: int = Field(200, ge=1, le=100_000)
     seed: int = Field(0, ge=0)
     prevalence: float = Field(0.4, ge=0.0, le=1.0)  # fraction of positive cases (overall PI-RADS >= 3)
-    # 0 = conspicuous lesions, fewest mimics; 1 = subtle, many mimics. Measured (bench_phantom_difficulty.py,
-    # tiny-cnn, 3 seeds): at 0, test AUROC 0.63 with 50 training
-    # cases vs 0.785 with 400 (every seed above chance); at 0.25, 0.59 vs 0.74 with 50 cases at chance in 2 of 3.
+    # 0 = large, conspicuous lesions, no mimics; 1 = small, subtle lesions, many mimics. Measured at the demo's
+    # size (bench_phantom_difficulty.py, tiny-cnn, 3 seeds): at 0, test AUROC 0.74 with 25 training cases,
+    # 0.83 with 50, 0.90 with 400.
     difficulty: float = Field(0.0, ge=0.0, le=1.0)
     artifact_probability: float = Field(0.15, ge=0.0, le=1.0)  # chance of motion/ghosting per case
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train, val, test (stratified by label)

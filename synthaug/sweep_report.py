@@ -43,6 +43,20 @@ def paired_difference(arm: dict[int, float | None], reference: dict[int, float |
     return out
 
 
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input's order.
+
+    ``None`` (no test possible) stays ``None`` and does not count as a comparison.
+    """
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
+
+
 def summarise(study, settings) -> dict[str, Any]:  # noqa: ANN001 - optuna.Study, SweepSettings
     """Per ratio: validation and test metrics (mean, CI, per seed) and the paired difference vs real-only."""
     import optuna

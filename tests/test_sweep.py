@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from synthaug.errors import InputError
-from synthaug.sweep_report import mean_ci, paired_difference
+from synthaug.sweep_report import holm, mean_ci, paired_difference
 from tests.test_cli import assert_one_line_error
 from tests.test_generate import in_process
 
@@ -66,6 +66,13 @@ def test_statistics_of_seeds():
     assert mean_ci([0.5])["low"] is None and mean_ci([])["mean"] is None
     diff = paired_difference({0: 0.8, 1: 0.9, 2: 0.85}, {0: 0.7, 1: 0.75, 2: 0.7})
     assert diff["mean"] == pytest.approx(0.1333, abs=1e-3) and diff["p"] < 0.05 and diff["seeds"] == [0, 1, 2]
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.02, 0.04 (of 3 tests, one untested): x3, x2 (then monotone), x1
+    assert holm([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04])
+    assert holm([0.01, 0.04, 0.03]) == [pytest.approx(0.03), pytest.approx(0.06), pytest.approx(0.06)]
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == [] and holm([None]) == [None]
 
 
 def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, capsys):

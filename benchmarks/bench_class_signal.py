@@ -70,6 +70,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     parser.add_argument("--judge-cases", type=int, default=400)
     parser.add_argument("--judge-epochs", type=int, default=20)
     parser.add_argument("--per-setting", type=int, default=40, help="generated volumes per sampler setting")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="generator config override (e.g. train.lr=1e-3); the work folder is named after them")
     args = parser.parse_args()
 
     import dataclasses
@@ -91,8 +93,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     plan = dataclasses.replace(QUICK if args.quick else DemoPlan(), **BUDGETS[args.budget])
     judge_cases = 60 if args.quick else args.judge_cases
     per_setting = 8 if args.quick else args.per_setting
-    work = args.work / f"{args.budget}{'-quick' if args.quick else ''}"
-    cfg = load_config(preset="tiny", overrides=plan.train_overrides())
+    tag = "".join(f"_{o}" for o in args.set).replace("/", "-").replace(" ", "")
+    work = args.work / f"{args.budget}{'-quick' if args.quick else ''}{tag}"
+    cfg = load_config(preset="tiny", overrides=[*plan.train_overrides(), *args.set])
     timings = {}
 
     def stage(name: str, fn):  # noqa: ANN001, ANN202
@@ -173,9 +176,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         print("| " + " | ".join(row) + " |")
     print(chain.sentence())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"bench_class_signal{'_quick' if args.quick else ''}_{args.budget}.json"
+    out = RESULTS / f"bench_class_signal{'_quick' if args.quick else ''}_{args.budget}{tag}.json"
     out.write_text(json.dumps({
-        "date": datetime.date.today().isoformat(), "budget": args.budget, "quick": args.quick,
+        "date": datetime.date.today().isoformat(), "budget": args.budget, "quick": args.quick, "overrides": args.set,
         "plan": dataclasses.asdict(plan), "judge_cases": judge_cases, "per_setting": per_setting,
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_at_end": os.getloadavg()[0], "timings_s": timings,

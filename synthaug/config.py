@@ -135,8 +135,8 @@ class AutoencoderConfig(_Section):
     norm_num_groups: int = Field(8, ge=1)
     attention: bool = False  # attention at the deepest level plus non-local blocks in encoder/decoder
     kl_weight: float = Field(1e-6, ge=0.0)
-    # L1 between the spatial finite differences of reconstruction and input: keeps edges (lesion borders,
-    # capsule, zones) that plain L1 blurs away in a short CPU run (benchmarks/bench_autoencoder.py)
+    # L1 between the spatial finite differences of reconstruction and input (edges). Off: at equal steps it
+    # did not keep more of the lesions than L1 alone (benchmarks/bench_autoencoder.py)
     edge_weight: float = Field(0.0, ge=0.0)
     perceptual_weight: float = Field(0.0, ge=0.0)  # > 0 needs perceptual_weights (a local file)
     perceptual_weights: str | None = None

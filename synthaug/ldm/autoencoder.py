@@ -355,7 +355,9 @@ def train_autoencoder(
 def random_patches(x: Tensor, size: Sequence[int], generator: torch.Generator) -> Tensor:
     """One random ``size`` box (voxels) from each ``(C, X, Y, Z)`` volume of the batch ``x``, drawn from ``generator``.
 
-    A side longer than the volume's is the whole side (training on patches never pads).
+    A side longer than the volume's is the whole side (training on patches never pads). Not MONAI's
+    ``RandSpatialCrop``: its draws come from a NumPy state of its own, and these must come from the training
+    stream that a checkpoint saves, so that a resumed run draws the same boxes.
     """
     out = []
     for volume in x:

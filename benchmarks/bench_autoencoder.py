@@ -1,7 +1,9 @@
 """Does the autoencoder keep the class? Link (b) of the class-signal chain, per autoencoder setting.
 
-    python benchmarks/bench_autoencoder.py                          # every variant at the demo's size
-    python benchmarks/bench_autoencoder.py --variants default edge --steps 120 600
+    python benchmarks/bench_autoencoder.py --steps 120                # every variant at the demo's size
+    python benchmarks/bench_autoencoder.py --variants "patches 32x32x16, lr 1e-3 (the tiny preset)" --steps 960 1920
+
+The phantoms in ``--work`` are reused when present: delete the folder after changing the phantom.
 
 Each variant (a set of ``autoencoder.*`` overrides) trains the autoencoder as ``synthaug train`` does on the
 train split of the demo's phantom (48x48x32 at 2x2x3 mm) for each of ``--steps`` and is scored on the test
@@ -29,18 +31,19 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
+# Every variant names all the settings it differs by, so a change of the tiny preset does not rename a row.
+WHOLE = ["autoencoder.patch_size=null"]
+PATCHES = ["autoencoder.patch_size=[32,32,16]"]
 VARIANTS: dict[str, list[str]] = {
-    "default": [],
-    "lr 1e-3": ["autoencoder.lr=1e-3"],
-    "lr 1e-3 + edge 1": ["autoencoder.lr=1e-3", "autoencoder.edge_weight=1.0"],
-    "lr 1e-3 + 8 latent ch.": ["autoencoder.lr=1e-3", "autoencoder.latent_channels=8"],
-    "patches 32x32x16, lr 1e-3": ["autoencoder.lr=1e-3", "autoencoder.patch_size=[32,32,16]"],
-    "patches, lr 1e-3 + edge 1": ["autoencoder.lr=1e-3", "autoencoder.patch_size=[32,32,16]",
-                                  "autoencoder.edge_weight=1.0"],
-    "patches, lr 2e-3 + edge 1": ["autoencoder.lr=2e-3", "autoencoder.patch_size=[32,32,16]",
-                                  "autoencoder.edge_weight=1.0"],
-    "patches, batch 8, lr 1e-3 + edge 1": ["autoencoder.lr=1e-3", "autoencoder.patch_size=[32,32,16]",
-                                           "autoencoder.edge_weight=1.0", "autoencoder.batch_size=8"],
+    "whole volumes, lr 1e-4 (the reference)": [*WHOLE, "autoencoder.lr=1e-4"],
+    "whole volumes, lr 1e-3": [*WHOLE, "autoencoder.lr=1e-3"],
+    "whole volumes, lr 1e-3 + edge 1": [*WHOLE, "autoencoder.lr=1e-3", "autoencoder.edge_weight=1.0"],
+    "whole volumes, lr 1e-3 + 8 latent ch.": [*WHOLE, "autoencoder.lr=1e-3", "autoencoder.latent_channels=8"],
+    "patches 32x32x16, lr 1e-3 (the tiny preset)": [*PATCHES, "autoencoder.lr=1e-3"],
+    "patches, lr 1e-3 + edge 1": [*PATCHES, "autoencoder.lr=1e-3", "autoencoder.edge_weight=1.0"],
+    "patches, lr 2e-3 + edge 1": [*PATCHES, "autoencoder.lr=2e-3", "autoencoder.edge_weight=1.0"],
+    "patches, batch 8, lr 1e-3 + edge 1": [*PATCHES, "autoencoder.lr=1e-3", "autoencoder.edge_weight=1.0",
+                                           "autoencoder.batch_size=8"],
 }
 
 
@@ -138,7 +141,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                    "auroc": link.auroc, "balanced_accuracy": link.balanced_accuracy,
                    "of_ceiling": (link.auroc["estimate"] / ceiling.auroc["estimate"])}
             rows.append(row)
-            print(f"{name:28s} {steps:5d} steps: {seconds:5.0f} s, L1 {row['test_l1']:.4f}, lesion L1 "
+            print(f"{name:44s} {steps:5d} steps: {seconds:5.0f} s, L1 {row['test_l1']:.4f}, lesion L1 "
                   f"{row['lesion_l1']:.4f}, contrast kept {row['lesion_contrast_kept']:.2f}, judge AUROC "
                   f"{link.auroc['estimate']:.3f} ({row['of_ceiling']:.2f} of the ceiling)", flush=True)
 

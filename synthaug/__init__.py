@@ -16,6 +16,8 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "SyntheticMixDataset": "synthaug.mix.dataset",
     "SyntheticCache": "synthaug.mix.cache",
+    "RatioSchedule": "synthaug.mix.schedule",
+    "parse_schedule": "synthaug.mix.schedule",
     "CCELLAGenerator": "synthaug.generate",
     "load_bundle": "synthaug.ldm.bundle",
     "load_config": "synthaug.config",

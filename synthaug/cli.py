@@ -336,22 +336,9 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT
 
 
-def _ratios(text: str) -> list:
-    from synthaug.errors import InputError
-    from synthaug.sweep import SYNTHETIC_ONLY
-
-    out: list = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == SYNTHETIC_ONLY:
-            out.append(part)
-            continue
-        try:
-            out.append(float(part))  # its range (finite, >= 0) is checked by SweepSettings.check
-        except ValueError:
-            raise InputError(f"ratio {part!r} is not a number or {SYNTHETIC_ONLY}", where="--ratios",
-                             fix="e.g. --ratios 0,0.5,1,2,synthetic-only") from None
-    return out
+def _comma_list(text: str) -> list[str]:
+    """A comma-separated option as its parts (ratios, models and sources are checked by SweepSettings.check)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _crop(text: str | None, where: str = "--crop") -> tuple[int, int, int] | None:
@@ -382,22 +369,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX", where="--ratio-range",
                          fix="e.g. --ratio-range 0.1:4") from None
     settings = SweepSettings(
-        ratios=_ratios(args.ratios), search=args.search, ratio_min=ratio_min, ratio_max=ratio_max,
+        ratios=_comma_list(args.ratios), search=args.search, ratio_min=ratio_min, ratio_max=ratio_max,
         n_trials=args.trials, tune_lr=args.tune_lr, tune_epochs=args.tune_epochs, seeds=args.seeds,
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        models=_comma_list(args.models), schedules=args.schedules, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, patience=args.patience,
         metric=args.metric, class_balance=args.class_balance, label_from=args.label_from, storage=args.storage,
         samples_per_epoch=args.samples_per_epoch, crop=_crop(args.crop), prune=not args.no_prune,
         study_name=args.study_name, allow_leakage=args.allow_leakage, device=args.device)
     data = _config(args).data if (args.preset or args.config or args.overrides) else None  # None: the generator's
     console = _console()
     with stage_progress(console) as progress:
-        summary = run_sweep(args.data, args.synthetic, args.out, settings, data, progress=progress)
-    _print_table(console, f"synthaug sweep: {summary['model']}, {summary['seeds']} seeds", HEADER, table_rows(summary))
+        summary = run_sweep(args.data, [Path(p) for p in _comma_list(args.synthetic)], args.out, settings, data,
+                            progress=progress)
+    for model in summary["per_model"]:
+        _print_table(console, f"synthaug sweep: {model}, {summary['seeds']} seeds", HEADER, table_rows(summary, model))
     console.print(f"result: {summary['verdict']}")
     if summary["unfinished"]:
-        console.print(f"not finished: ratio {', '.join(summary['unfinished'])} (running in another worker, or "
+        console.print(f"not finished: arm {', '.join(summary['unfinished'])} (running in another worker, or "
                       "left by one that stopped under 2 minutes ago): run the same command again to finish")
-    console.print(f"wrote {args.out}/report.md, summary.json, trials.csv, ratio_vs_metric.png")
+    console.print(f"wrote {args.out}/report.md, summary.json, trials.csv, ratio_vs_metric.png, arms_heatmap.png")
     return 0
 
 
@@ -437,7 +427,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with stage_progress(console) as progress:
         summary = run_demo(args.out, quick=args.quick, force=args.force, progress=progress, log=console.print)
     header, rows = ratio_table(summary)
-    _print_table(console, f"synthaug demo: {summary['model']}, {summary['seeds']} seeds per ratio (test split)",
+    _print_table(console, f"synthaug demo: {summary['models'][0]}, {summary['seeds']} seeds per ratio (test split)",
                  header, rows)
     console.print(f"[bold]Result:[/bold] {summary['verdict']}.")
     console.print(f"report: {args.out / 'report.html'} and {args.out / 'report.md'}")
@@ -597,22 +587,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="Optuna study of the synthetic:real ratio -> classifier metrics, with statistics")
     p.add_argument("--data", type=Path, required=True, help="manifest with train, val and test splits")
-    p.add_argument("--synthetic", type=Path, required=True, help="cache folder (pregenerate) or bundle folder")
+    p.add_argument("--synthetic", required=True,
+                   help="cache folder (pregenerate) or bundle folder; several, comma-separated, are compared as a "
+                        "dimension of the grid (e.g. caches made at guidance 1, 2 and 4), named by their settings")
     p.add_argument("--out", type=T.out_folder, required=True, help="output folder (study.db, trials.csv, report.md, ...)")
     p.add_argument("--ratios", default="0,0.25,0.5,1,2,4,synthetic-only", help="grid (default: %(default)s)")
+    p.add_argument("--schedules", default="constant",
+                   help="ratio schedules crossed with the ratios: constant, decay (linear from the ratio to 0 over "
+                        "the run), cosine, pretrain:K (synthetic only for K epochs, then real only; one arm) "
+                        "(default: %(default)s)")
     p.add_argument("--search", choices=["grid", "tpe"], default="grid", help="grid (default) or TPE on a log range")
     p.add_argument("--ratio-range", help="MIN:MAX for --search tpe (default 0.1:4)")
     p.add_argument("--trials", type=T.count(1), default=10, help="trials for --search tpe (default 10)")
     p.add_argument("--tune-lr", action="store_true", help="also search the learning rate")
     p.add_argument("--tune-epochs", action="store_true", help="also search the number of epochs")
     p.add_argument("--seeds", type=T.count(1), default=5, help="classifiers per ratio (default 5)")
-    p.add_argument("--model", default="efficientnet-b0", help="classifier (default: efficientnet-b0, the paper's)")
+    p.add_argument("--models", "--model", dest="models", default="efficientnet-b0",
+                   help="classifiers, comma-separated: every arm trains with each, one table per classifier "
+                        "(default: efficientnet-b0, the paper's)")
     p.add_argument("--epochs", type=T.count(1), default=30)
     p.add_argument("--batch-size", type=T.count(1), default=4)
     p.add_argument("--lr", type=T.finite(0, above=True), default=1e-4)
     p.add_argument("--patience", type=T.count(1), default=10, help="early-stopping patience in epochs")
     p.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels (default: all)")
-    p.add_argument("--no-prune", action="store_true", help="train every seed of every ratio (no median pruner)")
+    p.add_argument("--no-prune", action="store_true",
+                   help="train every seed of every arm (no median pruner within each classifier)")
     p.add_argument("--samples-per-epoch", type=T.count(0),
                    help="items per epoch for every ratio, so that ratios get equal optimiser steps "
                         "(default: 2 x the real training items; 0: one pass over each ratio's set)")

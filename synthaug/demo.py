@@ -180,7 +180,7 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
     stages.run("evaluate", [plan.evaluate_max, plan.fidelity_epochs, plan.crop], [quality],
                lambda: evaluate_synthetic(manifest, cache, quality, split="test", fidelity_epochs=plan.fidelity_epochs,
                                           fidelity_crop=plan.crop, max_synthetic=plan.evaluate_max, progress=progress))
-    settings = SweepSettings(ratios=plan.ratios, seeds=plan.seeds, model=plan.model, epochs=plan.epochs,
+    settings = SweepSettings(ratios=plan.ratios, seeds=plan.seeds, models=(plan.model,), epochs=plan.epochs,
                              batch_size=plan.batch_size, lr=plan.lr, patience=None, device="cpu", crop=plan.crop,
                              prune=False)
     stages.run("sweep", asdict(settings), [sweep],

@@ -29,15 +29,18 @@ def _ci(m: dict[str, Any], signed: bool = False) -> str:
 
 
 def ratio_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Ratio | test balanced accuracy | test AUROC | AUROC vs real-only | p, from the sweep's summary.json."""
-    header = ["ratio", "balanced accuracy (95% CI)", "AUROC (95% CI)", "AUROC vs real-only (95% CI)", "p"]
+    """Arm | test balanced accuracy | test AUROC | AUROC vs real-only | p | Holm p, from the sweep's summary.json
+    (its first classifier)."""
+    header = ["ratio", "balanced accuracy (95% CI)", "AUROC (95% CI)", "AUROC vs real-only (95% CI)", "p", "Holm p"]
+    info = summary["per_model"][summary["models"][0]]
     rows = []
-    for ratio in summary["ratios"]:
-        row = summary["per_ratio"][ratio]
+    for key in info["arms"]:
+        row = summary["per_arm"][key]
         diff = (row.get("vs_real_only") or {}).get("auroc")
-        rows.append([ratio, _ci(row["test"]["balanced_accuracy"]), _ci(row["test"]["auroc"]),
+        rows.append([info["labels"][key], _ci(row["test"]["balanced_accuracy"]), _ci(row["test"]["auroc"]),
                      "-" if diff is None else _ci(diff, signed=True),
-                     "-" if diff is None or diff.get("p") is None else f"{diff['p']:.3g}"])
+                     "-" if diff is None or diff.get("p") is None else f"{diff['p']:.3g}",
+                     "-" if diff is None or diff.get("p_holm") is None else f"{diff['p_holm']:.3g}"])
     return header, rows
 
 
@@ -64,7 +67,7 @@ def _chain(out: Path):  # noqa: ANN202 - ClassSignalChain | None
 def _markdown(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
     header, rows = ratio_table(summary)
     lines = ["# synthaug demo report", "", f"**Result:** {summary['verdict']}.", "",
-             f"## Does synthetic data help? ({summary['model']}, {summary['seeds']} seeds per ratio, test split)", "",
+             f"## Does synthetic data help? ({summary['models'][0]}, {summary['seeds']} seeds per ratio, test split)", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     chain = _chain(out)
@@ -92,7 +95,7 @@ def _html(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
              "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>",
              "<h1>synthaug demo report</h1>", f"<p><b>Result:</b> {e(summary['verdict'])}.</p>",
-             f"<h2>Does synthetic data help? ({e(summary['model'])}, {summary['seeds']} seeds per ratio, test split)</h2>",
+             f"<h2>Does synthetic data help? ({e(summary['models'][0])}, {summary['seeds']} seeds per ratio, test split)</h2>",
              "<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
     parts += ["</table>"]

@@ -1,12 +1,17 @@
-"""``synthaug sweep``: an Optuna study over the synthetic-to-real ratio, scored with the ``classifiers`` package.
+"""``synthaug sweep``: an Optuna study over synthetic-data recipes, scored with the ``classifiers`` package.
 
     result = run_sweep("phantom/manifest.jsonl", "synth_cache", "sweep_out", SweepSettings(seeds=5))
+    result = run_sweep("phantom/manifest.jsonl", ["cache_g1", "cache_g4"], "sweep_out",
+                       SweepSettings(models=("tiny-cnn", "resnet10"), schedules=("constant", "pretrain:5", "decay")))
 
-Each trial is one ratio (a grid point, or a TPE draw on a log range): it trains ``seeds`` classifiers
-on ``SyntheticMixDataset(train split, cache, ratio)``, selects each on the validation split, reports the
-running validation metric after every epoch (so a pruner can stop it), and scores each selected model
-on the test split. The study lives in an Optuna storage (SQLite in the output folder by default; any
-RDB URL lets several machines share it): re-running resumes and never repeats a finished grid point.
+Each trial is one arm (``synthaug.sweep_arms``): a classifier, a synthetic source and a ratio schedule
+(a grid point, or a TPE draw of a constant ratio on a log range). It trains ``seeds`` classifiers on
+``SyntheticMixDataset(train split, source, schedule)``, selects each on the validation split, and
+scores each selected model on the test split; after every seed it reports the running mean of the
+best validation metric, so that a pruner compares arms of one classifier on what they reached. The
+study lives in an Optuna storage (SQLite in the output folder by default; any RDB URL lets several
+machines share it): re-running resumes and never repeats a finished grid point. Every trial records
+which training items each seed loaded (``items/``).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ import torch
 
 from synthaug.config import DataConfig
 from synthaug.errors import InputError
+from synthaug.mix.schedule import SYNTHETIC_ONLY, arm_schedules, parse_schedule, parse_templates
+from synthaug.sweep_arms import Arm, describe_source, enumerate_arms, source_names
 
-SYNTHETIC_ONLY = "synthetic-only"
 DEFAULT_GRID: tuple[float | str, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, SYNTHETIC_ONLY)
 TEST_METRICS = ("auroc", "balanced_accuracy", "accuracy", "ap", "sensitivity", "specificity")
 
@@ -42,7 +48,8 @@ class SweepSettings:
     tune_lr: bool = False  # also search the learning rate (log 1e-5..1e-3)
     tune_epochs: bool = False  # also search the number of epochs (epochs/2..epochs)
     seeds: int = 5
-    model: str = "efficientnet-b0"
+    models: Sequence[str] = ("efficientnet-b0",)  # every arm trains with each (one table per classifier)
+    schedules: Sequence[str] = ("constant",)  # templates crossed with the ratios: constant, decay, cosine, pretrain:K
     epochs: int = 30
     batch_size: int = 4
     lr: float = 1e-4
@@ -68,14 +75,22 @@ class SweepSettings:
             raise InputError(f"trials must be >= 1, got {self.n_trials}", where="--trials", fix="run at least one trial")
         from classifiers import list_models
 
-        if self.model not in list_models():
-            raise InputError(f"unknown model {self.model!r}", where="--model", fix=f"choose one of {', '.join(list_models())}")
+        if not self.models:
+            raise InputError("no classifier given", where="--models", fix="e.g. --models tiny-cnn,resnet10")
+        for model in self.models:
+            if model not in list_models():
+                raise InputError(f"unknown model {model!r}", where="--models", fix=f"choose from {', '.join(list_models())}")
         if self.search not in ("grid", "tpe"):
             raise InputError(f"unknown search {self.search!r}", where="--search", fix="use grid or tpe")
         for r in self.ratios:
-            if r != SYNTHETIC_ONLY and not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
-                raise InputError(f"ratio {r!r} is not a number >= 0 or {SYNTHETIC_ONLY!r}", where="--ratios",
-                                 fix="use non-negative ratios, e.g. 0,0.5,1,2,synthetic-only")
+            if not parse_schedule(r, where="--ratios").is_constant:
+                raise InputError(f"ratio {r!r} is a schedule", where="--ratios",
+                                 fix="give numbers or synthetic-only here, schedules with --schedules")
+        self.ratios = tuple(dict.fromkeys(ratio_label(r) for r in self.ratios))
+        self.schedules = tuple(parse_templates(self.schedules))
+        if self.search == "tpe" and (len(self.models) > 1 or self.schedules != ("constant",)):
+            raise InputError("a TPE search draws one constant ratio for one classifier", where="--search tpe",
+                             fix="use --search grid to compare classifiers or schedules")
         if self.search == "grid" and not self.ratios:
             raise InputError("the ratio grid is empty", where="--ratios", fix="give at least one ratio")
         if self.search == "tpe" and not 0 < self.ratio_min < self.ratio_max < math.inf:
@@ -101,14 +116,21 @@ class SweepSettings:
         """The search space, stored with the study so that a different one is refused."""
         return {"search": self.search, "ratios": [str(r) for r in self.ratios] if self.search == "grid" else
                 [self.ratio_min, self.ratio_max], "tune_lr": self.tune_lr, "tune_epochs": self.tune_epochs,
-                "seeds": self.seeds, "model": self.model, "metric": self.metric, "class_balance": self.class_balance,
+                "seeds": self.seeds, "models": list(self.models), "schedules": list(self.schedules),
+                "metric": self.metric, "class_balance": self.class_balance,
                 "label_from": self.label_from, "samples_per_epoch": self.samples_per_epoch,
                 "crop": list(self.crop) if self.crop else None, "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "patience": self.patience, "augment": self.augment}
 
 
+    def arms(self, sources: Sequence[str]) -> list[Arm]:
+        """The grid's arms for these synthetic sources (by name)."""
+        return enumerate_arms(self.models, sources, arm_schedules(self.schedules, self.ratios))
+
+
 def ratio_label(ratio: float | str) -> str:
-    return SYNTHETIC_ONLY if ratio == SYNTHETIC_ONLY else f"{float(ratio):g}"
+    """A constant ratio's label: ``0.5``, ``synthetic-only``."""
+    return parse_schedule(ratio, where="--ratios").label
 
 
 def check_leakage(manifest, generator_case_ids: set[str], allow: bool) -> None:  # noqa: ANN001
@@ -180,7 +202,7 @@ def _storage(url: str):  # noqa: ANN202 - optuna RDBStorage
     raise AssertionError("unreachable")
 
 
-def open_study(settings: SweepSettings, out: Path):  # noqa: ANN201 - optuna.Study
+def open_study(settings: SweepSettings, out: Path, sources: Sequence[str]):  # noqa: ANN201 - optuna.Study
     """Create or load the study; refuses an unreachable storage or an existing study with another space."""
 
     import optuna
@@ -188,21 +210,46 @@ def open_study(settings: SweepSettings, out: Path):  # noqa: ANN201 - optuna.Stu
     url = settings.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     storage = _storage(url)
     if settings.search == "grid":
-        grid = {"ratio": [ratio_label(r) for r in settings.ratios]}
+        grid = {"arm": [arm.key for arm in settings.arms(sources)]}
         sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(grid, seed=0)
     else:
         sampler = optuna.samplers.TPESampler(seed=0)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=settings.epochs)  # after seed 0
+    pruner = PerModelMedianPruner(n_startup_trials=2)
     study = optuna.create_study(storage=storage, study_name=settings.study_name, direction="maximize",
                                 sampler=sampler, pruner=pruner, load_if_exists=True)
+    wanted = {**settings.space(), "sources": list(sources)}
     space = study.user_attrs.get("space")
     if space is None:
-        study.set_user_attr("space", settings.space())
-    elif space != settings.space():
-        changed = sorted(k for k in {*space, *settings.space()} if space.get(k) != settings.space().get(k))
+        study.set_user_attr("space", wanted)
+    elif space != wanted:
+        changed = sorted(k for k in {*space, *wanted} if space.get(k) != wanted.get(k))
         raise InputError(f"study {settings.study_name!r} exists with another search space ({', '.join(changed)})",
                          where=url.split("@")[-1], fix="use the same settings, or another --study-name")
     return study
+
+
+class PerModelMedianPruner:
+    """Optuna's median rule, within one classifier: a trial stops when its running value (mean best
+    validation metric over its finished seeds) is below the median of the finished trials of the same
+    classifier after as many seeds. Real-only arms always complete (they are the reference)."""
+
+    def __init__(self, n_startup_trials: int = 2) -> None:
+        self.n_startup_trials = n_startup_trials
+
+    def prune(self, study, trial) -> bool:  # noqa: ANN001 - optuna.Study, optuna.trial.FrozenTrial
+        import optuna
+
+        step = trial.last_step
+        if step is None or trial.user_attrs.get("real_only"):
+            return False
+        model = trial.user_attrs.get("model")
+        others = [t.intermediate_values[step] for t in study.get_trials(deepcopy=False,
+                                                                       states=(optuna.trial.TrialState.COMPLETE,))
+                  if t.user_attrs.get("model") == model and step in t.intermediate_values]
+        if len(others) < self.n_startup_trials:
+            return False
+        value = trial.intermediate_values[step]
+        return math.isfinite(value) and value < float(np.median(others))
 
 
 @dataclass
@@ -213,44 +260,67 @@ class SweepData:
     real_train: list[dict]
     val: Any
     test: Any
-    synthetic: Any  # SyntheticCache or CCELLAGenerator
+    sources: dict[str, Any]  # name -> SyntheticCache or CCELLAGenerator
+    described: dict[str, dict[str, Any]]  # name -> the settings that made its volumes
     load: VolumeStore
-    cache_dir: Path
+    out: Path
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "cache"
 
 
-def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str], out: Path,
-            settings: SweepSettings, data: DataConfig | None = None) -> SweepData:
-    """Load the manifest and the synthetic source; check splits, leakage and shapes.
-
-    ``data`` None preprocesses the real volumes as the generator's own data settings say.
-    """
-    from synthaug.data.manifest import load_manifest
+def _open_source(path: str | os.PathLike[str], manifest, settings: SweepSettings):  # noqa: ANN001, ANN202
+    """-> (source, its DataConfig, its volume shape), leakage checked."""
     from synthaug.mix.cache import SyntheticCache
     from synthaug.mix.dataset import open_synthetic_folder
+
+    source = open_synthetic_folder(path)
+    if isinstance(source, SyntheticCache):
+        case_ids, own, shape = source.train_case_ids, source.data_config(), source.meta["shape"][1:]
+    else:
+        case_ids, own, shape = source.bundle.train_case_ids, source.bundle.config.data, list(source.image_shape)
+    check_leakage(manifest, case_ids, settings.allow_leakage)
+    return source, own, list(shape)
+
+
+def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+            out: Path, settings: SweepSettings, data: DataConfig | None = None) -> SweepData:
+    """Load the manifest and the synthetic sources; check splits, leakage and shapes.
+
+    ``data`` None preprocesses the real volumes as the (first) source's own data settings say; every
+    source must share them.
+    """
+    from synthaug.data.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
     for split in ("train", "val", "test"):
         if not manifest.split(split):
             raise InputError(f"the manifest has no {split!r} cases", where=str(manifest_path),
                              fix="the sweep trains on train, selects on val and scores on test: mark all three")
-    source = open_synthetic_folder(synthetic)
-    if isinstance(source, SyntheticCache):
-        case_ids, own = source.train_case_ids, source.data_config()
-        shape = source.meta["shape"][1:]
-    else:
-        case_ids, own = source.bundle.train_case_ids, source.bundle.config.data
-        shape = list(source.image_shape)
-    data = data or own
-    check_leakage(manifest, case_ids, settings.allow_leakage)
-    if list(shape) != list(data.image_shape):
-        raise InputError(f"synthetic volumes are {shape}, the classifier's input {list(data.image_shape)}",
-                         where=str(synthetic), fix="use the data settings the generator was trained with "
-                                                   "(--preset/--set data.image_shape=...)")
+    paths = [synthetic] if isinstance(synthetic, (str, os.PathLike)) else list(synthetic)
+    if not paths:
+        raise InputError("no synthetic source given", where="--synthetic", fix="pass a cache or bundle folder")
+    opened = [_open_source(path, manifest, settings) for path in paths]
+    first_data, first_shape = opened[0][1], opened[0][2]
+    for path, (_, own, shape) in zip(paths[1:], opened[1:]):
+        if shape != first_shape or own.model_dump() != first_data.model_dump():
+            raise InputError(f"its volumes are {shape} with other data settings than {paths[0]} ({first_shape})",
+                             where=str(path), fix="compare caches made for one data geometry (same preset and "
+                                                  "data.* settings)")
+    data = data or first_data
+    if list(first_shape) != list(data.image_shape):
+        raise InputError(f"synthetic volumes are {first_shape}, the classifier's input {list(data.image_shape)}",
+                         where=str(paths[0]), fix="use the data settings the generator was trained with "
+                                                  "(--preset/--set data.image_shape=...)")
+    described = [describe_source(source) for source, _, _ in opened]
+    names = source_names(paths, described)
     load = VolumeStore(data, settings.crop)
     from monai.data import Dataset
 
     return SweepData(manifest, manifest.items("train"), Dataset(manifest.items("val"), transform=load),
-                     Dataset(manifest.items("test"), transform=load), source, load, out / "cache")
+                     Dataset(manifest.items("test"), transform=load),
+                     {n: source for n, (source, _, _) in zip(names, opened)}, dict(zip(names, described)), load, out)
 
 
 def _fit_config(settings: SweepSettings, seed: int, lr: float, epochs: int, n_real: int):  # noqa: ANN202
@@ -262,110 +332,153 @@ def _fit_config(settings: SweepSettings, seed: int, lr: float, epochs: int, n_re
                      samples_per_epoch=per_epoch)
 
 
+class SeenItems:
+    """A training set's transform that notes which items it loaded (the arms' item sets, recorded): real
+    items by case id, synthetic ones by file (ids repeat across caches)."""
+
+    def __init__(self, load: Callable[[dict], dict]) -> None:
+        self.load, self.real, self.synthetic = load, set(), set()
+        self.loads = 0
+
+    def __call__(self, item: dict) -> dict:
+        if item.get("is_synthetic"):
+            self.synthetic.add(str(item["image"]))
+        else:
+            self.real.add(str(item.get("case_id")))
+        self.loads += 1
+        return self.load(item)
+
+    def write(self, path: Path, arm: Arm, seed: int) -> None:
+        from synthaug.data.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"arm": arm.key, "seed": seed, "loads": self.loads,
+                                            "real": sorted(self.real), "synthetic": sorted(self.synthetic)}) + "\n")
+
+
+def items_file(out: Path, arm: Arm, seed: int) -> Path:
+    """Where a trial writes the items one seed of ``arm`` loaded."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in arm.key)
+    return out / "items" / safe / f"seed{seed}.json"
+
+
+def _arm_of(trial, data: SweepData, settings: SweepSettings) -> Arm:  # noqa: ANN001 - optuna.Trial
+    if settings.search == "grid":
+        return Arm.from_key(trial.suggest_categorical("arm", [a.key for a in settings.arms(list(data.sources))]))
+    label = ratio_label(trial.suggest_float("ratio", settings.ratio_min, settings.ratio_max, log=True))
+    return Arm(settings.models[0], next(iter(data.sources)), label)
+
+
+def train_set(arm: Arm, data: SweepData, settings: SweepSettings, seed: int, epochs: int):  # noqa: ANN201
+    """The arm's ``SyntheticMixDataset`` for one seed (real only: no source)."""
+    from synthaug.mix.dataset import SyntheticMixDataset
+
+    # pool_size=0: a bundle source gives each arm a fixed pool (its quota), like a cache of that size,
+    # instead of new volumes every epoch (epochs x quota generated volumes per trial).
+    return SyntheticMixDataset(data.real_train, None if arm.is_real_only else data.sources[arm.synthetic],
+                               ratio=arm.schedule, epochs=epochs, class_balance=settings.class_balance,
+                               transform=SeenItems(data.load), seed=seed, cache_dir=data.cache_dir,
+                               label_from=settings.label_from, pool_size=0)
+
+
 def objective_for(data: SweepData, settings: SweepSettings,
                   progress: Callable[[str, int, int, dict], None] | None = None) -> Callable:
-    """The Optuna objective: mean best validation metric over the seeds of one ratio."""
+    """The Optuna objective: mean best validation metric over the seeds of one arm."""
     import optuna
 
     from classifiers import build_model, evaluate, fit
-    from synthaug.mix.dataset import SyntheticMixDataset
+
+    several = len(data.sources) > 1
 
     def objective(trial: optuna.Trial) -> float:
-        if settings.search == "grid":
-            label = trial.suggest_categorical("ratio", [ratio_label(r) for r in settings.ratios])
-        else:
-            label = ratio_label(trial.suggest_float("ratio", settings.ratio_min, settings.ratio_max, log=True))
-        _refuse_duplicate(trial, label)
+        arm = _arm_of(trial, data, settings)
+        for key, value in (("arm", arm.key), ("model", arm.model), ("synthetic", arm.synthetic),
+                           ("schedule", arm.schedule), ("real_only", arm.is_real_only)):
+            trial.set_user_attr(key, value)
+        _refuse_duplicate(trial, arm)
         lr = trial.suggest_float("lr", 1e-5, 1e-3, log=True) if settings.tune_lr else settings.lr
         epochs = trial.suggest_int("epochs", max(1, settings.epochs // 2), settings.epochs) \
             if settings.tune_epochs else settings.epochs
-        trial.set_user_attr("ratio_label", label)
-        n_real = len(data.real_train)
+        name = f"{arm.model} {arm.label(several)}"
         values, tests = [], []
-        # pool_size=0: a bundle source gives each ratio a fixed pool (its quota), like a cache of that size,
-        # instead of new volumes every epoch (epochs x quota generated volumes per trial).
         for seed in range(settings.seeds):
-            if label == SYNTHETIC_ONLY:
-                train = SyntheticMixDataset([], data.synthetic, num_synthetic=n_real, class_balance=settings.class_balance,
-                                            transform=data.load, seed=seed, cache_dir=data.cache_dir,
-                                            label_from=settings.label_from, pool_size=0)
-            else:
-                train = SyntheticMixDataset(data.real_train, data.synthetic if float(label) > 0 else None,
-                                            ratio=float(label), class_balance=settings.class_balance,
-                                            transform=data.load, seed=seed, cache_dir=data.cache_dir,
-                                            label_from=settings.label_from, pool_size=0)
-            model = build_model(settings.model, in_channels=1, num_classes=2, seed=seed)
+            train = train_set(arm, data, settings, seed, epochs)
+            model = build_model(arm.model, in_channels=1, num_classes=2, seed=seed)
 
             def on_epoch(epoch: int, val: dict, seed: int = seed) -> None:
-                # Steps count in units of the largest epoch budget, so trials with tuned epochs line up.
-                trial.report(float(val.get(settings.metric) or 0.0), seed * settings.epochs + epoch)
                 if progress:
-                    progress(f"ratio {label}", seed * epochs + epoch + 1, settings.seeds * epochs, {})
-                if settings.prune and label != "0" and trial.should_prune():  # the real-only baseline always completes
-                    raise optuna.TrialPruned(f"pruned at seed {seed}, epoch {epoch}")
+                    progress(name, seed * epochs + epoch + 1, settings.seeds * epochs, {})
 
-            config = _fit_config(settings, seed, lr, epochs, n_real)
+            config = _fit_config(settings, seed, lr, epochs, len(data.real_train))
             with train:  # stops and joins on-the-fly generation, also when the trial is pruned or fails
                 result = fit(model, train, data.val, config, on_epoch=on_epoch, progress=False)
             scored = evaluate(model, data.test, config, threshold=result.threshold)
+            train.transform.write(items_file(data.out, arm, seed), arm, seed)
             values.append(result.best_metric if result.best_metric is not None else float("nan"))
             tests.append({"seed": seed, "val": result.best_metric, "best_epoch": result.best_epoch,
                           "threshold": result.threshold, "train_items": len(train),
+                          "real_items_seen": len(train.transform.real),
+                          "synthetic_items_seen": len(train.transform.synthetic),
                           **{f"test_{k}": scored.metrics.get(k) for k in TEST_METRICS}})
             trial.set_user_attr("seeds", tests)
+            finite = [v for v in values if math.isfinite(v)]
+            trial.report(float(np.mean(finite)) if finite else 0.0, seed)
+            if settings.prune and seed < settings.seeds - 1 and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after seed {seed}")
         finite = [v for v in values if v is not None and math.isfinite(v)]
         return float(np.mean(finite)) if finite else float("nan")
 
     return objective
 
 
-def _refuse_duplicate(trial, label: str) -> None:  # noqa: ANN001
+def _refuse_duplicate(trial, arm: Arm) -> None:  # noqa: ANN001
     """Several workers on one grid can draw the same point at once: the later one stops at once."""
     import optuna
 
     for other in trial.study.get_trials(deepcopy=False):
-        if other.number == trial.number or other.params.get("ratio") is None:
+        if other.number == trial.number or other.user_attrs.get("arm") != arm.key:
             continue
-        same = ratio_label(other.params["ratio"]) == label
-        if same and other.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING) \
+        if other.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING) \
                 and other.number < trial.number and not other.user_attrs.get("duplicate"):
             trial.set_user_attr("duplicate", True)
-            raise optuna.TrialPruned(f"ratio {label} is already done or running in trial {other.number}")
+            raise optuna.TrialPruned(f"arm {arm.key} is already done or running in trial {other.number}")
 
 
-def run_sweep(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str], out: str | os.PathLike[str],
-              settings: SweepSettings, data: DataConfig | None = None,
+def run_sweep(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+              out: str | os.PathLike[str], settings: SweepSettings, data: DataConfig | None = None,
               progress: Callable[[str, int, int, dict], None] | None = None) -> dict:
-    """Run (or resume) the study, then write trials.csv, summary.json, ratio_vs_metric.png and report.md."""
+    """Run (or resume) the study, then write trials.csv, summary.json, the plots and report.md."""
     import optuna
 
     from synthaug.sweep_report import write_outputs
 
     settings.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     prepared = prepare(manifest_path, synthetic, out, settings, data)
-    study = open_study(settings, out)
+    if settings.search == "tpe" and len(prepared.sources) > 1:
+        raise InputError("a TPE search draws one constant ratio for one synthetic source", where="--synthetic",
+                         fix="use --search grid to compare several sources")
+    out.mkdir(parents=True, exist_ok=True)
+    study = open_study(settings, out, list(prepared.sources))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = objective_for(prepared, settings, progress)
     if settings.search == "grid":
-        todo = _grid_left(study, settings)
+        todo = len(_grid_left(study, settings, list(prepared.sources)))
         if todo:
             study.optimize(objective, n_trials=todo)
     else:
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         if done < settings.n_trials:
             study.optimize(objective, n_trials=settings.n_trials - done)
-    (out / "settings.json").write_text(json.dumps({**asdict(settings), "ratios": [str(r) for r in settings.ratios]},
-                                                  indent=2, default=str) + "\n", encoding="utf-8")
-    return write_outputs(study, settings, out)
+    (out / "settings.json").write_text(json.dumps({**asdict(settings), "ratios": [str(r) for r in settings.ratios],
+                                                   "sources": prepared.described}, indent=2, default=str) + "\n",
+                                       encoding="utf-8")
+    return write_outputs(study, settings, out, prepared.described)
 
 
-def _grid_left(study, settings: SweepSettings) -> int:  # noqa: ANN001
-    """Grid points with no finished trial yet (complete, or pruned as bad: both count as done)."""
+def _grid_left(study, settings: SweepSettings, sources: Sequence[str]) -> list[Arm]:  # noqa: ANN001
+    """Grid arms with no finished trial yet (complete, or pruned as bad: both count as done)."""
     import optuna
 
-    done = {ratio_label(t.params["ratio"]) for t in study.trials if "ratio" in t.params and not
-            t.user_attrs.get("duplicate") and t.state in (optuna.trial.TrialState.COMPLETE,
-                                                          optuna.trial.TrialState.PRUNED)}
-    return len([r for r in settings.ratios if ratio_label(r) not in done])
+    done = {t.user_attrs.get("arm") for t in study.trials if not t.user_attrs.get("duplicate")
+            and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+    return [arm for arm in settings.arms(sources) if arm.key not in done]

@@ -43,12 +43,13 @@ def test_quick_demo_writes_every_artefact(quick_demo):
 
 def test_report_table_matches_summary(quick_demo):
     summary = json.loads((quick_demo / "sweep" / "summary.json").read_text())
-    assert summary["ratios"] == ["0", "0.5", "1", "2", "synthetic-only"]
+    info = summary["per_model"][summary["models"][0]]
+    assert [info["labels"][k] for k in info["arms"]] == ["0", "0.5", "1", "2", "synthetic-only"]
     header, rows = ratio_table(summary)
     report = (quick_demo / "report.md").read_text()
     for row in rows:
         assert "| " + " | ".join(row) + " |" in report
-    auroc = summary["per_ratio"]["1"]["test"]["auroc"]["mean"]
+    auroc = summary["per_arm"][info["arms"][2]]["test"]["auroc"]["mean"]
     assert f"{auroc:.3f}" in rows[2][2]
     assert summary["verdict"] in report and summary["verdict"] in (quick_demo / "report.html").read_text()
 
@@ -72,15 +73,29 @@ def test_rerun_reuses_finished_stages(quick_demo, capsys):
     assert "reused" in done.stdout
 
 
-def test_readme_monai_loop_example_runs(small_phantom, small_cache, tmp_path, monkeypatch):
+def run_readme_example(name: str, small_phantom, small_cache, tmp_path, monkeypatch) -> dict:  # noqa: ANN001
+    """Run the README's ``<!-- example: NAME -->`` block in a folder laid out like the demo's; its namespace."""
     readme = (ROOT / "README.md").read_text()
-    code = re.search(r"<!-- example: monai-loop -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    code = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "demo_out").mkdir()
     (tmp_path / "demo_out" / "phantom").symlink_to(small_phantom.parent)
     (tmp_path / "demo_out" / "cache").symlink_to(small_cache)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    return namespace
+
+
+def test_readme_monai_loop_example_runs(small_phantom, small_cache, tmp_path, monkeypatch):
+    namespace = run_readme_example("monai-loop", small_phantom, small_cache, tmp_path, monkeypatch)
     batch = namespace["batch"]
     assert batch["image"].shape[1:] == (1, 32, 32, 16) and len(namespace["train_ds"]) == 2 * len(
         namespace["train_items"])
+
+
+def test_readme_ratio_schedule_example_runs(small_phantom, small_cache, tmp_path, monkeypatch, capsys):
+    namespace = run_readme_example("ratio-schedule", small_phantom, small_cache, tmp_path, monkeypatch)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4 and "'ratio': inf" in printed[1] and "'ratio': 0.0" in printed[2]
+    assert namespace["train_ds"].summary()["synthetic"] == {0: 0, 1: 0}  # real only after pretraining
+    assert bool(namespace["batch"]["is_synthetic"].any()) is False

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+from synthaug.data.manifest import load_manifest
 from synthaug.errors import InputError
 from synthaug.sweep_report import holm, mean_ci, paired_difference
 from tests.test_cli import assert_one_line_error
@@ -25,8 +26,13 @@ def complete_trials(out) -> Counter:
     import optuna
 
     study = optuna.load_study(study_name="synthaug-sweep", storage=f"sqlite:///{out / 'study.db'}")
-    return Counter(t.params["ratio"] for t in study.trials
+    return Counter(t.user_attrs["arm"] for t in study.trials
                    if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("duplicate"))
+
+
+def schedules(counter: Counter) -> Counter:
+    """complete_trials keyed by schedule only (one source, one model)."""
+    return Counter({key.split("|")[-1]: n for key, n in counter.items()})
 
 
 def test_a_small_sweep_writes_every_output_and_resumes(small_phantom, small_cache, tmp_path, capsys):
@@ -37,14 +43,15 @@ def test_a_small_sweep_writes_every_output_and_resumes(small_phantom, small_cach
     for name in ("trials.csv", "summary.json", "ratio_vs_metric.png", "report.md", "study.db"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["ratios"] == ["0", "1"] and summary["seeds"] == 2
-    assert [s["seed"] for s in summary["per_ratio"]["1"]["per_seed"]] == [0, 1]
-    assert summary["per_ratio"]["1"]["vs_real_only"]["auroc"]["seeds"] == [0, 1]
+    info = summary["per_model"]["tiny-cnn"]
+    assert [info["labels"][k] for k in info["arms"]] == ["0", "1"] and summary["seeds"] == 2
+    one = summary["per_arm"][info["arms"][1]]
+    assert [s["seed"] for s in one["per_seed"]] == [0, 1] and one["vs_real_only"]["auroc"]["seeds"] == [0, 1]
     assert "result" in done.stdout.lower() and summary["verdict"] in (out / "report.md").read_text()
     rows = (out / "trials.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 2  # header + one row per (ratio, seed)
+    assert len(rows) == 1 + 2 * 2  # header + one row per (arm, seed)
     again = in_process(capsys, *args)
-    assert again.returncode == 0 and complete_trials(out) == Counter({"0": 1, "1": 1})  # nothing retrained
+    assert again.returncode == 0 and schedules(complete_trials(out)) == Counter({"0": 1, "1": 1})  # nothing retrained
 
 
 def test_two_workers_on_one_storage_cover_the_grid_once(small_phantom, small_cache, tmp_path):
@@ -56,7 +63,73 @@ def test_two_workers_on_one_storage_cover_the_grid_once(small_phantom, small_cac
                                 env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=600) == 0, w.stderr.read().decode()
-    assert complete_trials(out) == Counter({"0": 1, "0.5": 1, "1": 1, "synthetic-only": 1})
+    assert schedules(complete_trials(out)) == Counter({"0": 1, "0.5": 1, "1": 1, "synthetic-only": 1})
+
+
+def test_two_caches_and_two_models_cover_the_grid_once_on_their_own_items(small_phantom, small_cache, tmp_path,
+                                                                          capsys):
+    guided = tmp_path / "guided"
+    shutil.copytree(small_cache, guided)
+    meta = json.loads((guided / "cache.json").read_text())
+    meta["generator"]["class_guidance"] += 1.0  # a second source that differs in one setting (4 -> 5)
+    (guided / "cache.json").write_text(json.dumps(meta))
+    out = tmp_path / "grid"
+    args = ["sweep", "--data", small_phantom, "--synthetic", f"{small_cache},{guided}", "--out", out,
+            "--models", "tiny-cnn,resnet10", "--ratios", "0,1", "--schedules", "constant,pretrain:1", "--epochs", "2",
+            "--seeds", "1", "--batch-size", "4", "--no-prune", *SHAPE]
+    done = in_process(capsys, *args)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    names = sorted(summary["sources"])
+    assert len(names) == 2 and all(n.startswith("class_guidance=") for n in names)
+    arms = [f"{m}|{s}|{r}" for m in ("tiny-cnn", "resnet10") for s, r in
+            [("", "0"), *[(n, r) for n in names for r in ("1", "pretrain:1")]]]
+    assert complete_trials(out) == Counter(arms) and sorted(summary["per_arm"]) == sorted(arms)
+    report = (out / "report.md").read_text()
+    assert "## tiny-cnn" in report and "## resnet10" in report and (out / "arms_heatmap.png").is_file()
+    assert "Holm" in report and "count-matched real control" in report and "CAS" in report
+
+    from synthaug.sweep import items_file
+    from synthaug.sweep_arms import Arm
+
+    train_ids = sorted(r["case_id"] for r in load_manifest(small_phantom).items("train"))
+    for model in ("tiny-cnn", "resnet10"):
+        seen = {key: json.loads(items_file(out, Arm.from_key(key), 0).read_text())
+                for key in arms if key.startswith(model + "|")}
+        real_only = seen[f"{model}||0"]
+        assert real_only["real"] == train_ids and real_only["synthetic"] == []
+        for name, folder in zip(names, (small_cache, guided)):  # names sort in the order of the guidance
+            mixed, pretrained = seen[f"{model}|{name}|1"], seen[f"{model}|{name}|pretrain:1"]
+            assert mixed["real"] == train_ids and mixed["synthetic"]
+            assert all(path.startswith(str(folder)) for path in mixed["synthetic"] + pretrained["synthetic"])
+            assert pretrained["real"] == train_ids and pretrained["synthetic"]  # epoch 0 synthetic, epoch 1 real
+    before = complete_trials(out)
+    assert in_process(capsys, *args).returncode == 0 and complete_trials(out) == before  # resumed: nothing retrained
+
+
+def test_the_pruner_compares_arms_of_one_classifier_only():
+    import optuna
+
+    from synthaug.sweep import PerModelMedianPruner
+
+    def trial(model: str, value: float, done: bool = True, real_only: bool = False):  # noqa: ANN202
+        state = optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.RUNNING
+        return optuna.trial.create_trial(state=state, value=value if done else None, intermediate_values={0: value},
+                                         user_attrs={"model": model, "real_only": real_only})
+
+    class Study:
+        def __init__(self, trials: list) -> None:
+            self.trials = trials
+
+        def get_trials(self, deepcopy: bool = False, states: tuple = ()) -> list:
+            return [t for t in self.trials if not states or t.state in states]
+
+    finished = Study([trial("a", 0.8), trial("a", 0.9), trial("b", 0.5), trial("b", 0.56)])
+    pruner = PerModelMedianPruner(n_startup_trials=2)
+    assert not pruner.prune(finished, trial("b", 0.6, done=False))  # above b's median, although below a's
+    assert pruner.prune(finished, trial("b", 0.52, done=False))
+    assert not pruner.prune(finished, trial("a", 0.1, done=False, real_only=True))  # the reference always completes
+    assert not pruner.prune(Study(finished.trials[:1]), trial("a", 0.1, done=False))  # one finished trial of a: wait
 
 
 def test_statistics_of_seeds():
@@ -66,6 +139,8 @@ def test_statistics_of_seeds():
     assert mean_ci([0.5])["low"] is None and mean_ci([])["mean"] is None
     diff = paired_difference({0: 0.8, 1: 0.9, 2: 0.85}, {0: 0.7, 1: 0.75, 2: 0.7})
     assert diff["mean"] == pytest.approx(0.1333, abs=1e-3) and diff["p"] < 0.05 and diff["seeds"] == [0, 1, 2]
+    # Cohen's d_z by hand: differences 0.1, 0.15, 0.15 -> mean 0.1333, sd 0.02887
+    assert diff["effect_size"] == pytest.approx(0.13333 / 0.028868, rel=1e-3)
 
 
 def test_holm_adjustment_by_hand():
@@ -77,7 +152,13 @@ def test_holm_adjustment_by_hand():
 
 def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, capsys):
     base = ["sweep", "--data", small_phantom, "--synthetic", small_cache, "--out", tmp_path / "o", *SHAPE]
-    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio -1.0"),
+    for extra, match in ((["--model", "vgg99"], "unknown model"), (["--ratios", "0,-1"], "ratio '-1' is not a number >= 0"),
+                         (["--models", "tiny-cnn,vgg99"], "--models: unknown model 'vgg99'"),
+                         (["--schedules", "constant,sometimes"], "--schedules: unknown schedule 'sometimes'"),
+                         (["--schedules", "pretrain:0"], "pretrain needs a whole number of epochs >= 1"),
+                         (["--schedules", "pretrain:-3"], "whole number"), (["--ratios", "0,pretrain:2"], "is a schedule"),
+                         (["--search", "tpe", "--models", "tiny-cnn,resnet10"], "one constant ratio for one classifier"),
+                         (["--synthetic", f"{small_cache},{tmp_path}"], "neither a synthetic cache"),
                          (["--seeds", "0"], "seeds"), (["--ratios", "0,lots"], "'lots'"),
                          (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage"),
                          (["--tune-lr"], "--search tpe"), (["--tune-epochs"], "--search tpe"),
@@ -92,6 +173,14 @@ def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, caps
                                    if f'"split": "{split}"' not in line))
         done = in_process(capsys, "sweep", "--data", missing, "--synthetic", small_cache, "--out", tmp_path / "o2", *SHAPE)
         assert_one_line_error(done, f"no '{split}' cases")
+
+    other_size = tmp_path / "other_size"
+    shutil.copytree(small_cache, other_size)
+    meta = json.loads((other_size / "cache.json").read_text())
+    meta["shape"][-1], meta["data"]["image_shape"][-1] = 8, 8
+    (other_size / "cache.json").write_text(json.dumps(meta))
+    assert_one_line_error(in_process(capsys, *base, "--synthetic", f"{small_cache},{other_size}"),
+                          str(other_size), "other data settings")
 
     leaky = tmp_path / "leaky"
     shutil.copytree(small_cache, leaky)
@@ -135,7 +224,7 @@ def test_tpe_search_on_a_log_range(small_phantom, small_cache, tmp_path, capsys)
                       "--tune-lr", "--tune-epochs", *SHAPE)
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["ratios"]) == 2 and all(0.2 <= float(r) <= 2 for r in summary["ratios"])
-    for row in summary["per_ratio"].values():  # the learning rate and epochs were searched too
+    assert len(summary["per_arm"]) == 2 and all(0.2 <= float(r["schedule"]) <= 2 for r in summary["per_arm"].values())
+    for row in summary["per_arm"].values():  # the learning rate and epochs were searched too
         assert 1e-5 <= row["params"]["lr"] <= 1e-3 and row["params"]["epochs"] in (1, 2)
     assert "real-only (ratio 0) was not run" in summary["verdict"]

@@ -84,6 +84,14 @@ def synthetic_quotas(real_counts: Mapping[int, int], n_synthetic: int,
     return {0: n_synthetic - ones, 1: ones}
 
 
+def _draw(rng: np.random.Generator, n: int, k: int) -> list[int]:
+    """``k`` indices of ``range(n)``, sorted: a seeded draw without replacement when k <= n, else every index
+    k // n times plus such a draw of the rest."""
+    if k <= n:
+        return sorted(rng.choice(n, size=k, replace=False).tolist())
+    return sorted([*list(range(n)) * (k // n), *rng.choice(n, size=k % n, replace=False).tolist()])
+
+
 def _stop_at_exit(event: threading.Event) -> None:
     """Set ``event`` when the interpreter begins to exit, before it joins the remaining threads.
 
@@ -146,7 +154,7 @@ class SyntheticMixDataset(Dataset):
         self,
         real: Sequence[Mapping[str, Any]] | Dataset,
         synthetic: Any = None,
-        ratio: float = 1.0,
+        ratio: float | str | Callable[[int], float] = 1.0,
         class_balance: str | Mapping[int, float] = "equal",
         transform: Callable[[dict], Any] | None = None,
         seed: int = 0,
@@ -159,12 +167,15 @@ class SyntheticMixDataset(Dataset):
         image_key: str = "image",
         label_key: str = "label",
         keep_keys: Sequence[str] = (),
+        epochs: int | None = None,
     ) -> None:
         """
         Args:
             real: MONAI-style dicts (or a Dataset returning them) with ``image_key`` and ``label_key``; may be empty.
             synthetic: ``SyntheticCache`` | ``CCELLAGenerator`` | path of a cache or bundle folder | None (ratio 0).
-            ratio: synthetic items per real item per epoch (0 = real only).
+            ratio: synthetic items per real item per epoch (0 = real only), or a schedule of the epoch:
+                ``synthetic-only``, ``pretrain:K``, ``linear:R``, ``cosine:R``, a ``RatioSchedule`` or a
+                callable ``epoch -> ratio`` (see ``synthaug.mix.schedule``; every epoch has the same length).
             class_balance: ``equal`` | ``match_real`` | ``fill_minority`` | ``{label: weight}``.
             transform: applied identically to real and synthetic items.
             num_synthetic: synthetic items per epoch instead of ``ratio * len(real)`` (needed when ``real`` is
@@ -177,40 +188,34 @@ class SyntheticMixDataset(Dataset):
             generate: False uses only what the cache already has (repeating with a warning when short).
             label_from: ``requested`` (the class asked for) or ``predicted`` (the adapter's class from the report).
             keep_keys: further keys of the real items to pass through (e.g. ``["adc", "pirads"]``).
+            epochs: the run's epochs, needed by the decay schedules (``linear:R``, ``cosine:R``).
         """
-        try:
-            ratio = float(ratio)
-        except (TypeError, ValueError):
-            ratio = float("nan")
-        if not (math.isfinite(ratio) and ratio >= 0):
-            raise InputError(f"ratio must be a finite number >= 0, got {ratio}", where="ratio",
-                             fix="use 0 for real only, 1 for one synthetic item per real item")
+        from synthaug.mix.schedule import parse_schedule
+
+        self.schedule = parse_schedule(ratio, epochs=epochs)
         if label_from not in ("requested", "predicted"):
             raise InputError(f"unknown label source {label_from!r}", where="label_from", fix="use requested or predicted")
         self.real = real
-        self.ratio, self.class_balance, self.transform, self.seed = ratio, class_balance, transform, int(seed)
+        self.class_balance, self.transform, self.seed = class_balance, transform, int(seed)
         self.image_key, self.label_key, self.label_from = image_key, label_key, label_from
         self.keep_keys = tuple(keep_keys)
         self.real_labels = self._real_labels()
-        real_counts = {c: self.real_labels.count(c) for c in LABELS}
+        self.real_counts = {c: self.real_labels.count(c) for c in LABELS}
 
         self.cache, self.generator = _open_source(synthetic, cache_dir, generate)
         if num_synthetic is not None and num_synthetic < 0:
             raise InputError(f"num_synthetic must be >= 0, got {num_synthetic}", where="num_synthetic",
                              fix="use 0 or more")
-        if num_synthetic is None and not self.real_labels:
-            if self.cache is None or self.generator is not None:
-                raise InputError("no real items and no fixed synthetic pool: nothing to draw", where="real",
-                                 fix="pass real items, a non-empty cache, or num_synthetic with a generator")
-            num_synthetic = len(self.cache)
-        self.num_synthetic = round(ratio * len(self.real_labels)) if num_synthetic is None else int(num_synthetic)
-        if self.num_synthetic and self.cache is None:
-            raise InputError(f"ratio {ratio} needs a synthetic source", where="synthetic",
+        self.length = self._epoch_length(num_synthetic)
+        self.ratio = self.schedule.ratio(0)  # the first epoch's ratio (the whole run's, when constant)
+        peak = self._peak_synthetic()
+        if peak and self.cache is None:
+            raise InputError(f"ratio {self.schedule.label} needs a synthetic source", where="synthetic",
                              fix="pass a cache or generator, or ratio=0")
-        if not self.real_labels and not self.num_synthetic:
+        if not self.length:
             raise InputError("no real items and an empty synthetic pool", where="SyntheticMixDataset",
                              fix="pass real items or a cache with volumes")
-        self.quotas = synthetic_quotas(real_counts, self.num_synthetic, class_balance)
+        self.peak_quotas = synthetic_quotas(self.real_counts, peak, class_balance)
         self.pool_size = pool_size
         self._pools = self._pool_ids()
         self._producer: threading.Thread | None = None
@@ -220,6 +225,8 @@ class SyntheticMixDataset(Dataset):
         self._error_file = (self.cache.path / f".producer-{os.getpid()}-{id(self):x}.error") if self.cache is not None else None
         self.epoch = -1
         self.synthetic_ids: list[str] = []
+        self.real_indices: list[int] = []
+        self.quotas: dict[int, int] = {}
         self.set_epoch(0)
 
     # ------------------------------------------------------------ setup
@@ -243,12 +250,39 @@ class SyntheticMixDataset(Dataset):
             labels.append(label)
         return labels
 
+    def _epoch_length(self, num_synthetic: int | None) -> int:
+        """Items per epoch, the same for every epoch (see ``synthaug.mix.schedule``)."""
+        n_real, r0 = len(self.real_labels), self.schedule.ratio(0)
+        if not n_real:
+            if not self.schedule.is_constant:
+                raise InputError(f"schedule {self.schedule.label} needs real items", where="real",
+                                 fix="pass the real training items, or a constant ratio for a synthetic-only set")
+            if num_synthetic is None:
+                if self.cache is None or self.generator is not None:
+                    raise InputError("no real items and no fixed synthetic pool: nothing to draw", where="real",
+                                     fix="pass real items, a non-empty cache, or num_synthetic with a generator")
+                return len(self.cache)
+            return int(num_synthetic)
+        if math.isinf(r0):
+            return n_real if num_synthetic is None else int(num_synthetic)
+        return n_real + (round(r0 * n_real) if num_synthetic is None else int(num_synthetic))
+
+    def _synthetic_count(self, epoch: int) -> int:
+        return self.schedule.synthetic_count(epoch, self.length, len(self.real_labels))
+
+    def _peak_synthetic(self) -> int:
+        """The most synthetic items any epoch has (the epoch length for a callable schedule)."""
+        horizon = self.schedule.horizon
+        if horizon is None:
+            return self.length
+        return max(self._synthetic_count(e) for e in range(horizon))
+
     def _pool_ids(self) -> dict[int, list[str]]:
         """Per class: the ids an epoch draws from (the cache's, or the generator's indexed pool)."""
         pools: dict[int, list[str]] = {}
         for c in LABELS:
             if self.generator is not None:
-                size = max(self.quotas[c], self.pool_size or 0)
+                size = max(self.peak_quotas[c], self.pool_size or 0)
                 pools[c] = [volume_id(c, j) for j in range(size)]
             elif self.cache is not None:
                 rows = self.cache.rows(refresh=True)
@@ -261,8 +295,8 @@ class SyntheticMixDataset(Dataset):
                                                                      "again to remake them")
             else:
                 pools[c] = []
-            if self.quotas[c] and not pools[c]:
-                raise InputError(f"class_balance asks for {self.quotas[c]} synthetic volumes of class {c} but the "
+            if self.peak_quotas[c] and not pools[c]:
+                raise InputError(f"class_balance asks for {self.peak_quotas[c]} synthetic volumes of class {c} but the "
                                  "cache has none", where=str(self.cache.path) if self.cache else "synthetic",
                                  fix=f"pregenerate class-{c} volumes, or choose another class_balance")
         return pools
@@ -270,23 +304,26 @@ class SyntheticMixDataset(Dataset):
     # ------------------------------------------------------------ epochs
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw this epoch's synthetic items (deterministic in (seed, epoch)); real items stay as they are."""
+        """Draw this epoch's items (deterministic in (seed, epoch)): the schedule's synthetic share, the rest real."""
         self.epoch = int(epoch)
+        n_synthetic = self._synthetic_count(self.epoch)
+        self.quotas = synthetic_quotas(self.real_counts, n_synthetic, self.class_balance)
+        n_real = len(self.real_labels)
+        self.real_indices = list(range(n_real)) if self.length - n_synthetic == n_real else \
+            _draw(np.random.default_rng([self.seed, self.epoch, 0x2EA1]), n_real, self.length - n_synthetic)
         rng = np.random.default_rng([self.seed, self.epoch, 0x5A17])
         chosen: list[str] = []
         for c in LABELS:
             pool, quota = self._pools[c], self.quotas[c]
             if self.generator is not None and self.pool_size is None:  # on the fly: new volumes every epoch
-                chosen += [volume_id(c, self.epoch * quota + j) for j in range(quota)]
+                start = sum(synthetic_quotas(self.real_counts, self._synthetic_count(e), self.class_balance)[c]
+                            for e in range(self.epoch)) if not self.schedule.is_constant else self.epoch * quota
+                chosen += [volume_id(c, start + j) for j in range(quota)]
                 continue
-            if quota <= len(pool):
-                picked = sorted(rng.choice(len(pool), size=quota, replace=False).tolist())
-            else:
+            if quota > len(pool):
                 logger.warning("epoch %d: %d synthetic volumes of class %d wanted, the cache has %d: repeating some "
                                "(pregenerate more, or pass a generator)", self.epoch, quota, c, len(pool))
-                picked = sorted([*list(range(len(pool))) * (quota // len(pool)),
-                                 *rng.choice(len(pool), size=quota % len(pool), replace=False).tolist()])
-            chosen += [pool[i] for i in picked]
+            chosen += [pool[i] for i in _draw(rng, len(pool), quota)]
         self.synthetic_ids = chosen
         if self.generator is not None:
             self._start_producer([i for i in chosen if i not in self.cache.rows()])
@@ -344,7 +381,7 @@ class SyntheticMixDataset(Dataset):
     # ------------------------------------------------------------ access
 
     def __len__(self) -> int:
-        return len(self.real_labels) + len(self.synthetic_ids)
+        return self.length
 
     def _synthetic_item(self, row_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + WAIT_TIMEOUT_S
@@ -361,12 +398,13 @@ class SyntheticMixDataset(Dataset):
         return self.cache.item(row_id, self.image_key, self.label_from)
 
     def __getitem__(self, index: int) -> Any:
-        n_real = len(self.real_labels)
+        n_real = len(self.real_indices)
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         if index < n_real:
+            index = self.real_indices[index]
             source = self.real[index]
             if self.image_key not in source:
                 raise InputError(f"real item {source.get('case_id', index)!r} has no {self.image_key!r}",
@@ -385,7 +423,9 @@ class SyntheticMixDataset(Dataset):
         syn = [self.cache.rows()[i] if i in self.cache.rows() else {"label": int(i.split("-")[1][1:])}
                for i in self.synthetic_ids] if self.cache is not None else []
         key = "predicted_label" if self.label_from == "predicted" else "label"
-        return {"epoch": self.epoch, "real": {c: self.real_labels.count(c) for c in LABELS},
+        real = [self.real_labels[i] for i in self.real_indices]
+        return {"epoch": self.epoch, "ratio": self.schedule.ratio(self.epoch),
+                "real": {c: real.count(c) for c in LABELS},
                 "synthetic": {c: sum(r.get(key, r["label"]) == c for r in syn) for c in LABELS}}
 
     def __getstate__(self) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, eta=args.eta,
         guidance=args.guidance, class_guidance=args.class_guidance, ema=not args.no_ema,
         class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size,
-        trust_remote_code=args.trust_remote_code)
+        precision=args.precision, trust_remote_code=args.trust_remote_code)
     reports = [args.report] * args.n if args.report is not None else None
     console = _console()
     with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
@@ -193,7 +193,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                         ("sampler", f"{generator.sampler.name}, {generator.sampler.steps} steps"
                                     + (f", eta {generator.sampler.eta:g}" if generator.sampler.name == "ddim" else "")
                                     + f", guidance {generator.guidance}, class guidance {generator.class_guidance}"
-                                    + f", class from {generator.class_source}"),
+                                    + f", class from {generator.class_source}, {generator.precision}"),
                         ("bundle", generator.fingerprint[:16]), ("written to", str(out))):
         table.add_row(what, value)
     console.print(table)
@@ -263,7 +263,7 @@ def cmd_pregenerate(args: argparse.Namespace) -> int:
     generator = CCELLAGenerator.from_bundle(
         args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
         class_guidance=args.class_guidance, class_source=args.class_source, report_source=args.report_source,
-        batch_size=args.batch_size, trust_remote_code=args.trust_remote_code)
+        batch_size=args.batch_size, precision=args.precision, trust_remote_code=args.trust_remote_code)
     kept = args.out / FILTER_FILE
     volume_filter = VolumeFilter.from_option(
         args.filter, kept, generator.bundle.config.data, manifest=args.filter_data, model=args.filter_model,
@@ -292,7 +292,7 @@ def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
             ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
             ("sampler", f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
              + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
-             + f", class from {g['class_source']}"),
+             + f", class from {g['class_source']}, {g.get('precision', 'fp32')}"),
             ("filter", None if not info["filter"] else
              f"{info['filter']['model']} {info['filter']['weights_sha256'][:12]}, confidence "
              f"{info['filter']['confidence']:g}; rejected " + (", ".join(f"label {c}: {n}" for c, n in
@@ -509,7 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: use --label")
     p.add_argument("--seed", type=T.count(0), default=0, help="seed of the first volume; volume i uses seed+i")
-    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 4)")
+    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
+                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
     p.add_argument("--no-ema", action="store_true", help="use the raw LDM weights instead of the EMA ones")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -525,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-balance", default="equal", help="equal (default) or weights, e.g. 0:1,1:2")
     p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder); "
                                    "under torchrun the default is RANK/WORLD_SIZE")
-    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 4)")
+    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
+                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
     p.add_argument("--format", choices=["nifti-gz", "nifti"], default="nifti-gz",
                    help="nifti-gz (default, smaller) or nifti (uncompressed, faster to load)")
     p.add_argument("--seed", type=T.count(0), default=0, help="cache seed: volume seeds derive from it (default 0)")

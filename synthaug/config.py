@@ -238,8 +238,14 @@ class SampleConfig(_Section):
     # label = the requested class, one-hot (what teacher forcing, loss.p_label, trains it on).
     class_source: Literal["report", "label"] = "report"
     report_source: Literal["train", "template", "empty"] = "train"  # reports used when none are given
-    batch_size: int = Field(4, ge=1)
+    # Volumes per batch. 32 for the tiny sizes: per volume, a batch of 32 costs half of a batch of 4 on 2 cores
+    # (benchmarks/bench_speed.py); presets with large volumes lower it.
+    batch_size: int = Field(32, ge=1)
     decode_splits: int = Field(1, ge=1)  # split the VAE decoder's work along one axis (MAISI) to save memory
+    # The networks' precision while generating (the chain itself stays float32): auto = bf16 on a CPU with
+    # native bf16 (oneDNN; 2-2.5x faster here), fp32 on other CPUs, fp16 on CUDA. Volumes agree with fp32 within
+    # the tolerance stated in benchmarks/README.md (bench_speed.py); fp32 reproduces earlier versions exactly.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def with_options(self, **options: Any) -> SampleConfig:
         """A copy with the options that are not None, validated like a config file (one place for every check)."""
@@ -352,6 +358,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "unet": {"channels": [64, 128, 256], "attention_levels": [False, True, True], "num_head_channels": 32,
                  "num_res_blocks": 2, "norm_num_groups": 32},
         "train": {"steps": 50000, "batch_size": 2},
+        "sample": {"batch_size": 4},
     },
     # The reference trains at 256x256x128 (DESIGN.md section 2). Its exact resampling is not published
     # with the paper; 0.5 mm in-plane with 1.0 mm slices keeps the gland region in the field of view.
@@ -378,7 +385,8 @@ PRESETS["reference"] = _merge(PRESETS["paper"], {
     "loss": {"text_dropout": 0.0, "reference_focal_scaling": True, "focal_weight": 1e-4, "p_label": 0.0,
              "p_null": 0.0},
     "train": {"lr_groups": True, "ema_decay": 0.0},
-    "sample": {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "class_guidance": 1.0, "class_source": "report"},
+    "sample": {"sampler": "ddpm", "steps": 1000, "guidance": 1.0, "class_guidance": 1.0, "class_source": "report",
+               "precision": "fp32"},
 })
 
 

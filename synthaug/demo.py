@@ -171,10 +171,9 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
         return max(plan.synthetic, 2 * math.ceil(largest * n_train / 2) + 2)
 
     def pregenerate() -> None:
-        generator = CCELLAGenerator.from_bundle(bundle, sampler=plan.sampler, steps=plan.sampler_steps, batch_size=8)
+        generator = CCELLAGenerator.from_bundle(bundle, sampler=plan.sampler, steps=plan.sampler_steps)
         report = (lambda done, total: progress("pregenerate", done, total, {})) if progress else None
-        SyntheticCache.create(cache, generator).pregenerate(generator, n=cache_size(), batch_size=8,
-                                                            progress=report)
+        SyntheticCache.create(cache, generator).pregenerate(generator, n=cache_size(), progress=report)
 
     stages.run("pregenerate", [plan.synthetic, plan.sampler, plan.sampler_steps, plan.ratios], [cache], pregenerate)
     stages.run("evaluate", [plan.evaluate_max, plan.fidelity_epochs, plan.crop], [quality],

@@ -72,11 +72,12 @@ def small_bundle(small_phantom, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_cache(small_bundle, tmp_path_factory) -> Path:
-    """12 volumes (6 per class) pregenerated from `small_bundle` with 2 DDIM steps; returns the cache folder."""
+    """12 volumes (6 per class) pregenerated from `small_bundle` with 2 DDIM steps in fp32 (the same on every
+    CPU, whether or not it has native bf16); returns the cache folder."""
     from synthaug.generate import CCELLAGenerator
     from synthaug.mix.cache import SyntheticCache
 
-    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32")
     folder = tmp_path_factory.mktemp("small_cache") / "cache"
     SyntheticCache.create(folder, generator).pregenerate(generator, n=12, batch_size=6)
     return folder

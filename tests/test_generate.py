@@ -59,13 +59,37 @@ def test_same_seed_same_volume_whatever_the_batch(small_bundle):
     labels, seeds = [1, 0, 1, 0], [11, 12, 13, 14]
     for sampler, eta in (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)):
         steps = 4 if sampler == "ddim" else 10
-        batched = CCELLAGenerator.from_bundle(small_bundle, sampler=sampler, steps=steps, eta=eta, batch_size=4)
-        single = CCELLAGenerator.from_bundle(small_bundle, sampler=sampler, steps=steps, eta=eta, batch_size=1)
+        options = {"sampler": sampler, "steps": steps, "eta": eta, "precision": "fp32"}  # bitwise in fp32
+        batched = CCELLAGenerator.from_bundle(small_bundle, batch_size=4, **options)
+        single = CCELLAGenerator.from_bundle(small_bundle, batch_size=1, **options)
         a = batched.generate(labels, seeds=seeds)
         b = single.generate(labels[2:3], seeds=seeds[2:3])
         assert close(a.volumes[2], b.volumes[0]), sampler
         assert a.provenance[2]["report"] == b.provenance[0]["report"]
         assert not close(a.volumes[0], a.volumes[2])
+
+
+def test_the_fast_path_agrees_with_fp32_within_the_stated_tolerance(small_bundle, monkeypatch):
+    from synthaug import generate
+
+    labels, seeds = [1, 0, 1, 0], [21, 22, 23, 24]
+    exact = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, eta=0.0, precision="fp32", batch_size=4)
+    fast = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, eta=0.0, precision="bf16", batch_size=4)
+    single = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, eta=0.0, precision="bf16", batch_size=1)
+    a, b = exact.generate(labels, seeds=seeds), fast.generate(labels, seeds=seeds)
+    stats = exact.bundle.info["data"]["intensity"]
+    scale = stats["p99_5_median"] - stats["p0_median"]
+    diff = (a.volumes - b.volumes).abs() / scale
+    assert 0 < float(diff.mean()) < 0.01 and float(diff.max()) < 0.1  # the README's tolerance for bf16
+    alone = (single.generate(labels[1:2], seeds=seeds[1:2]).volumes[0] - b.volumes[1]).abs() / scale
+    assert float(alone.mean()) < 0.01  # in bf16 the batch changes a volume only within that tolerance
+    assert a.provenance[0]["precision"] == "fp32" and b.provenance[0]["precision"] == "bf16"
+    monkeypatch.setattr(generate, "cpu_has_native_bf16", lambda: False)
+    assert CCELLAGenerator.from_bundle(small_bundle, precision="auto").precision == "fp32"  # emulated bf16 is slow
+    monkeypatch.setattr(generate, "cpu_has_native_bf16", lambda: True)
+    assert CCELLAGenerator.from_bundle(small_bundle).precision == "bf16"
+    with pytest.raises(InputError, match="fp16 does not run on a CPU"):
+        CCELLAGenerator.from_bundle(small_bundle, precision="fp16")
 
 
 def test_deterministic_ddim_repeats_exactly(generator):

@@ -19,12 +19,13 @@ from synthaug.generate import CCELLAGenerator
 from synthaug.mix.cache import CACHE_FILE, MANIFEST_FILE, SyntheticCache, class_counts, volume_id
 from tests.test_cli import assert_one_line_error, synthaug
 
-FAST = ["--sampler", "ddim", "--steps", "2"]
+FAST = ["--sampler", "ddim", "--steps", "2", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
 def generator(small_bundle) -> CCELLAGenerator:
-    return CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    # fp32: batch-size independence below is fp32's promise (bf16's tolerance: tests/test_generate.py)
+    return CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32")
 
 
 def manifest_ids(folder) -> list[str]:
@@ -170,23 +171,28 @@ def test_class_guidance_is_a_cache_setting_shown_by_cache_info(small_bundle, sma
     assert json.loads((out / CACHE_FILE).read_text())["generator"]["class_guidance"] == 2.0
     capsys.readouterr()
     assert main(["cache", "info", str(out)]) == 0
-    assert "guidance 1.0, class guidance 2.0" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "guidance 1.0, class guidance 2.0" in shown and "fp32" in shown
     code = main(["pregenerate", "--bundle", str(small_bundle), "--out", str(tmp_path / "bad"), "--n", "2",
                  "--class-guidance", "-1"])
     assert_one_line_error(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), "--class-guidance")
     assert not (tmp_path / "bad").exists()
-    guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_guidance=2.0)
+    guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_guidance=2.0, precision="fp32")
     with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):
         SyntheticCache.create(small_cache, guided)
     # a cache made before class guidance existed was made without it
     old = tmp_path / "old"
     shutil.copytree(small_cache, old)
     meta = json.loads((old / CACHE_FILE).read_text())
-    del meta["generator"]["class_guidance"]
+    del meta["generator"]["class_guidance"], meta["generator"]["precision"]
     (old / CACHE_FILE).write_text(json.dumps(meta))
-    SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, class_guidance=1.0))
+    made_then = {"sampler": "ddim", "steps": 2, "class_guidance": 1.0, "precision": "fp32"}
+    SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, **made_then))
     with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):  # today's default: 4
-        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2))
+        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32"))
+    # ... and in fp32, before the precision setting existed
+    with pytest.raises(InputError, match=r"other generator settings \(precision\)"):
+        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, **{**made_then, "precision": "bf16"}))
 
 
 def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(small_cache, generator, tmp_path):
@@ -206,7 +212,7 @@ def test_foreign_or_differently_made_caches_are_refused(small_bundle, small_cach
     meta = json.loads((folder / CACHE_FILE).read_text())
     meta["bundle_fingerprint"] = "0" * 64
     (folder / CACHE_FILE).write_text(json.dumps(meta))
-    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2)
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32")
     with pytest.raises(InputError, match="another bundle"):
         SyntheticCache.create(folder, generator)
     SyntheticCache.create(folder, generator, allow_foreign=True)  # asked for: allowed

@@ -145,6 +145,8 @@ class SyntheticCache:
                              where=str(file), fix="restore it or make the cache again")
         # caches made before class guidance were made without it
         self.meta["generator"] = {"class_guidance": 1.0, **self.meta["generator"]}
+        # caches made before the precision setting were made in float32
+        self.meta["generator"] = {"precision": "fp32", **self.meta["generator"]}
         self._rows: dict[str, dict[str, Any]] = {}
         self._read_size = -1
         self._problems: dict[int, str] = {}  # manifest line number -> what is wrong with it (last parse)
@@ -401,10 +403,12 @@ class SyntheticCache:
         return [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)][i::n]
 
     def pregenerate(self, generator, n: int | None = None, *, class_balance: str | Mapping[int, float] = "equal",  # noqa: ANN001
-                    counts: Mapping[int, int] | None = None, shard: tuple[int, int] = (0, 1), batch_size: int = 8,
-                    progress: Callable[[int, int], None] | None = None, allow_foreign: bool = False,
-                    volume_filter=None) -> int:  # noqa: ANN001
+                    counts: Mapping[int, int] | None = None, shard: tuple[int, int] = (0, 1),
+                    batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
+                    allow_foreign: bool = False, volume_filter=None) -> int:  # noqa: ANN001
         """Make the volumes of ``n`` (split by ``class_balance``) or ``counts`` that the cache lacks; returns how many.
+
+        ``batch_size`` None: the generator's.
 
         Resumable and shardable: the batches wanted are fixed by (counts, batch size, shard); a batch with
         any volume missing from the manifest is made again whole (its other volumes come out identical and
@@ -413,6 +417,7 @@ class SyntheticCache:
         self.check_generator(generator, allow_foreign=allow_foreign)
         self.check_filter(volume_filter)
         counts = counts if counts is not None else class_counts(n or 0, class_balance)
+        batch_size = generator.batch_size if batch_size is None else batch_size
         if volume_filter is not None:
             return self._pregenerate_filtered(generator, counts, volume_filter, shard, batch_size, progress)
         batches = self.plan(counts, batch_size, shard)

@@ -1,0 +1,197 @@
+"""Cost vs image size and batch on this CPU, so that users can predict a preset's cost before they run it:
+generation seconds per volume (the U-Net evaluations of the default flow sampler with class guidance, plus
+decoding), LDM and VAE training step times, and each measurement's peak memory.
+
+    python benchmarks/bench_scaling.py                      # sizes 32^3 .. 128x128x64, tiny networks (~10 min)
+    python benchmarks/bench_scaling.py --sizes 64x64x32 --presets tiny,small
+
+The networks are freshly initialised (speed does not depend on the weights). Generation per volume is
+measured, not modelled, for its two parts: ``steps x`` one guided U-Net call on a batch (``2 x batch`` items:
+the request and its null-class branch) divided by the batch, plus one decoder pass per volume; both in
+the generator's default precision on this machine (bf16 on a CPU with native bf16, else fp32). Training
+steps are batch 4 with the trainer's settings: LDM fp32 with fused AdamW, VAE bf16 autocast on whole
+volumes and, where the preset trains on patches, on its patch size. Each configuration runs in its own
+process, so its peak RSS is its own. Prints a table and writes benchmarks/results/bench_scaling.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = ("32x32x32", "48x48x32", "64x64x32", "96x96x48", "128x128x64")
+
+
+def _best(fn, reps: int) -> float:  # noqa: ANN001
+    fn()  # warm-up (oneDNN picks its kernels on the first call)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bool) -> dict:
+    """Runs in a child process: one (preset, size, batch) configuration."""
+    import torch
+
+    from synthaug.config import load_config
+    from synthaug.generate import PRECISIONS, generation_precision
+    from synthaug.ldm.autoencoder import build_autoencoder
+    from synthaug.ldm.model import CCELLALDM, null_class
+
+    shape = [int(v) for v in size.split("x")]
+    cfg = load_config(preset=preset, overrides=[f"data.image_shape={shape}"])
+    g = torch.Generator().manual_seed(0)
+    ldm = CCELLALDM.from_config(cfg, text_dim=384).eval()
+    vae = build_autoencoder(cfg.autoencoder, seed=0).eval()
+    latent = [s // 4 for s in shape]
+    c = cfg.autoencoder.latent_channels
+    tokens = cfg.text.max_tokens
+    precision = generation_precision("auto", torch.device("cpu"))
+    dtype = PRECISIONS[precision]
+    items = 2 * batch  # the request and its null-class branch (class guidance)
+    x = torch.randn((items, c, *latent), generator=g)
+    t = torch.randint(0, 1000, (items,), generator=g)
+    text, mask = torch.randn((items, tokens, 384), generator=g), torch.ones(items, tokens, dtype=torch.bool)
+    spacing = torch.tensor([list(cfg.data.spacing)] * items)
+    z = torch.randn((batch, c, *latent), generator=g)
+
+    def autocast():  # noqa: ANN202
+        return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    with torch.no_grad():
+        context, logits = ldm.adapter(text, mask, t)
+        probs = torch.cat([logits.softmax(-1)[:batch], null_class(batch, logits)])
+
+        def unet() -> None:
+            with autocast():
+                ldm.unet(x, t, context, probs, spacing)
+
+        def decode() -> None:
+            with autocast():
+                vae.decode(z)
+
+        unet_s, decode_s = _best(unet, reps), _best(decode, reps)
+    row = {"preset": preset, "size": size, "batch": batch, "precision": precision, "steps": steps,
+           "unet_call_s": unet_s, "decode_s": decode_s,
+           "generation_s_per_volume": (steps * unet_s + decode_s) / batch,
+           "ldm_params_m": sum(p.numel() for p in ldm.parameters()) / 1e6,
+           "vae_params_m": sum(p.numel() for p in vae.parameters()) / 1e6}
+    if train:
+        row.update(_train_steps(cfg, ldm, vae, shape, latent, reps))
+    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return row
+
+
+def _train_steps(cfg, ldm, vae, shape, latent, reps: int) -> dict:  # noqa: ANN001
+    import torch
+
+    from synthaug.ldm.autoencoder import autoencoder_loss
+    from synthaug.ldm.model import joint_loss
+
+    g = torch.Generator().manual_seed(1)
+    b, c, tokens = 4, cfg.autoencoder.latent_channels, cfg.text.max_tokens
+    ldm.train()
+    opt = torch.optim.AdamW(ldm.parameters(), lr=1e-4, fused=True)
+    x = torch.randn((b, c, *latent), generator=g)
+    t = torch.randint(0, 1000, (b,), generator=g)
+    text, mask = torch.randn((b, tokens, 384), generator=g), torch.ones(b, tokens, dtype=torch.bool)
+    spacing = torch.tensor([list(cfg.data.spacing)] * b)
+    labels, isnull = torch.tensor([0, 1] * (b // 2)), torch.zeros(b, dtype=torch.bool)
+
+    def ldm_step() -> None:
+        pred, logits = ldm(x, t, text, mask, spacing)
+        loss = joint_loss(pred, x, logits, labels, isnull, cfg.loss)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    out = {"ldm_step_s": _best(ldm_step, reps)}
+    vae.train()
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-4, fused=True)
+    for name, box in (("vae_step_s", shape), ("vae_patch_step_s", cfg.autoencoder.patch_size)):
+        if box is None:
+            continue
+        volume = torch.rand((b, 1, *box), generator=g)
+
+        def vae_step(volume: torch.Tensor = volume) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                z_mu, z_sigma = vae.encode(volume)
+                recon = vae.decode(z_mu + z_sigma * torch.randn(z_mu.shape, generator=g))
+                loss = autoencoder_loss(recon, volume, z_mu, z_sigma, cfg.autoencoder)[0]
+            vae_opt.zero_grad()
+            loss.backward()
+            vae_opt.step()
+
+        out[name] = _best(vae_step, max(1, reps - 1))
+    return out
+
+
+def _child(preset: str, size: str, batch: int, steps: int, reps: int, train: bool) -> dict:
+    call = json.dumps([preset, size, batch, steps, reps, train])
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scaling; "
+            f"print(json.dumps(bench_scaling.measure(*json.loads({call!r}))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"preset": preset, "size": size, "batch": batch, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=",".join(SIZES), help="XxYxZ list (default: %(default)s)")
+    parser.add_argument("--presets", default="tiny", help="network sizes, e.g. tiny,small (default tiny)")
+    parser.add_argument("--batches", default="1,4,16,32", help="generation batches at --batch-size-at")
+    parser.add_argument("--batch-size-at", default="64x64x32", help="the size the batch sweep runs at")
+    parser.add_argument("--batch", type=int, default=4, help="generation batch of the size sweep (default 4)")
+    parser.add_argument("--steps", type=int, default=30, help="sampler steps (default 30: flow's default)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_scaling.json")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    load_before = os.getloadavg()[0]
+    rows = [_child(p, s, args.batch, args.steps, args.reps, True) for p in args.presets.split(",")
+            for s in args.sizes.split(",")]
+    rows += [_child(args.presets.split(",")[0], args.batch_size_at, int(b), args.steps, args.reps, False)
+             for b in args.batches.split(",") if int(b) != args.batch or args.batch_size_at not in args.sizes]
+    table = Table(title=f"cost vs size and batch: {os.cpu_count()} cores, load before {load_before:.2f}, flow "
+                        f"{args.steps} steps with class guidance (2 U-Net items per volume and step)")
+    for col in ("preset", "size", "batch", "precision", "gen s/volume", "U-Net call s", "decode s", "LDM step s",
+                "VAE step s (whole)", "VAE step s (patch)", "peak RSS GiB"):
+        table.add_column(col, justify="right")
+
+    def cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
+        return fmt.format(row[key]) if row.get(key) is not None else "-"
+
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["preset"], r["size"], str(r["batch"]), "error: " + r["error"][:60], *["-"] * 7)
+            continue
+        table.add_row(r["preset"], r["size"], str(r["batch"]), r["precision"], cell(r, "generation_s_per_volume"),
+                      cell(r, "unet_call_s"), cell(r, "decode_s"), cell(r, "ldm_step_s"), cell(r, "vae_step_s"),
+                      cell(r, "vae_patch_step_s"), cell(r, "peak_rss_gib", "{:.2f}"))
+    console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "settings": {k: str(v) for k, v in vars(args).items()},
+                                    "load_before": load_before, "load_after": os.getloadavg()[0],
+                                    "machine": platform.platform(), "cpus": os.cpu_count(),
+                                    "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

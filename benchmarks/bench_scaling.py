@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -162,6 +161,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from _record import write_record
+
     console = Console(width=max(Console().width, 150))
     load_before = os.getloadavg()[0]
     rows = [_child(p, s, args.batch, args.steps, args.reps, True) for p in args.presets.split(",")
@@ -185,11 +186,7 @@ def main() -> None:
                       cell(r, "unet_call_s"), cell(r, "decode_s"), cell(r, "ldm_step_s"), cell(r, "vae_step_s"),
                       cell(r, "vae_patch_step_s"), cell(r, "peak_rss_gib", "{:.2f}"))
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "settings": {k: str(v) for k, v in vars(args).items()},
-                                    "load_before": load_before, "load_after": os.getloadavg()[0],
-                                    "machine": platform.platform(), "cpus": os.cpu_count(),
-                                    "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    write_record(args.out, {"rows": rows}, args, load_before)
     console.print(f"wrote {args.out}")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -124,6 +123,8 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from _record import write_record
+
     console = Console()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_speed_") as tmp:
@@ -161,12 +162,8 @@ def main() -> None:
         summary[key] = {"baseline": base, "this_tree": ours, "speedup": speedup}
         table.add_row(name, f"{base:.3f}", f"{ours:.3f}", f"{speedup:.2f}x")
     console.print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"baseline": args.baseline, "baseline_commit": commit, "summary": summary,
-                                    "runs": runs, "settings": {k: str(v) for k, v in vars(args).items()},
-                                    "load_before": load_before, "load_after": os.getloadavg()[0],
-                                    "machine": platform.platform(), "cpus": os.cpu_count(),
-                                    "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+    write_record(args.out, {"baseline": args.baseline, "baseline_commit": commit, "summary": summary, "runs": runs},
+                 args, load_before)
     console.print(f"wrote {args.out}")
 
 

@@ -238,13 +238,13 @@ class SampleConfig(_Section):
     # label = the requested class, one-hot (what teacher forcing, loss.p_label, trains it on).
     class_source: Literal["report", "label"] = "report"
     report_source: Literal["train", "template", "empty"] = "train"  # reports used when none are given
-    # Volumes per batch. 32 for the tiny sizes: per volume, a batch of 32 costs half of a batch of 4 on 2 cores
-    # (benchmarks/bench_speed.py); presets with large volumes lower it.
+    # Volumes per batch. 32 for the tiny sizes: in bf16 a batch of 32 makes 1.4x the volumes/s of a batch of 4
+    # on 2 cores (benchmarks/README.md, bench_speed.py); presets with large volumes lower it.
     batch_size: int = Field(32, ge=1)
     decode_splits: int = Field(1, ge=1)  # split the VAE decoder's work along one axis (MAISI) to save memory
     # The networks' precision while generating (the chain itself stays float32): auto = bf16 on a CPU with
-    # native bf16 (oneDNN; 2-2.5x faster here), fp32 on other CPUs, fp16 on CUDA. Volumes agree with fp32 within
-    # the tolerance stated in benchmarks/README.md (bench_speed.py); fp32 reproduces earlier versions exactly.
+    # native bf16 (oneDNN; with batch 32, 1.8x fp32 at batch 4 here), fp32 on other CPUs, fp16 on CUDA.
+    # Volumes agree with fp32 within the tolerance in benchmarks/README.md; fp32 reproduces earlier versions.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def with_options(self, **options: Any) -> SampleConfig:

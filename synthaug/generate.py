@@ -9,7 +9,7 @@
 Determinism: a volume depends only on (seed, label, report) and the generator's settings: each sample's
 initial noise and every stochastic step draw from its own ``torch.Generator(seed)``, and reports are
 encoded one at a time and padded to a fixed width. In ``precision="fp32"`` it is also bitwise independent
-of the batch size and its batch neighbours; in bf16 (the default on CPUs with native bf16, 2-2.5x faster)
+of the batch size and its batch neighbours; in bf16 (the default on CPUs with native bf16, 1.8x faster here)
 the kernels round differently per batch shape, so a volume made in another batch size differs within the
 tolerance stated in benchmarks/README.md (the same batch size reproduces it exactly).
 """

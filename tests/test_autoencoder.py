@@ -281,7 +281,6 @@ def test_perceptual_term_from_a_local_resnet50(tmp_path):
         build_perceptual_loss(tiny(perceptual_weight=0.1, perceptual_weights=str(bad)))
 
 
-@pytest.mark.slow
 def test_a_patch_trained_autoencoder_reconstructs_the_phantom(small_phantom):
     """On held-out phantom volumes, the round trip of a VAE trained for 150 steps on patches has a mean L1
     below 0.8 of the best constant guess (each volume's own mean; the phantom's noise sets the floor: 0.73

@@ -80,7 +80,7 @@ def test_two_workers_share_a_postgresql_study(small_phantom, small_cache, tmp_pa
     for w in workers:
         assert w.wait(timeout=600) == 0, w.stderr.read().decode()[-2000:]
     study = optuna.load_study(study_name="shared", storage=postgres_url)
-    done = Counter(t.params["ratio"] for t in study.trials
+    done = Counter(t.user_attrs["schedule"] for t in study.trials
                    if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get("duplicate"))
     assert done == Counter({"0": 1, "0.5": 1, "1": 1, "synthetic-only": 1})
     assert Path(tmp_path / "worker0" / "summary.json").is_file() and Path(tmp_path / "worker1" / "report.md").is_file()

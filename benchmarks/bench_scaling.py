@@ -44,8 +44,8 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     import torch
 
     from synthaug.config import load_config
-    from synthaug.generate import PRECISIONS, generation_precision
-    from synthaug.ldm.autoencoder import build_autoencoder
+    from synthaug.generate import generation_precision
+    from synthaug.ldm.autoencoder import build_autoencoder, resolve_precision
     from synthaug.ldm.model import CCELLALDM, null_class
 
     shape = [int(v) for v in size.split("x")]
@@ -57,7 +57,7 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     c = cfg.autoencoder.latent_channels
     tokens = cfg.text.max_tokens
     precision = generation_precision("auto", torch.device("cpu"))
-    dtype = PRECISIONS[precision]
+    dtype = resolve_precision(precision, "cpu")
     items = 2 * batch  # the request and its null-class branch (class guidance)
     x = torch.randn((items, c, *latent), generator=g)
     t = torch.randint(0, 1000, (items,), generator=g)

@@ -30,7 +30,7 @@ from synthaug.config import CLASS_GUIDANCE
 from synthaug.data.io import centred_affine
 from synthaug.data.reports import template_report
 from synthaug.errors import InputError
-from synthaug.ldm.autoencoder import decode_latents
+from synthaug.ldm.autoencoder import decode_latents, resolve_precision
 from synthaug.ldm.bundle import Bundle, load_bundle
 from synthaug.ldm.sampling import (
     Conditioning,
@@ -49,9 +49,6 @@ class Generated:
     affine: np.ndarray  # (4, 4)
     spacing: tuple[float, float, float]
     provenance: list[dict[str, Any]] = field(default_factory=list)
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_native_bf16() -> bool:
@@ -255,7 +252,7 @@ class CCELLAGenerator:
         shape = tuple(self.bundle.info["latent_shape"])  # (C, x, y, z)
         generators = [_seed_generator(s) for s in seeds]
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
-        dtype = PRECISIONS[self.precision]
+        dtype = resolve_precision(self.precision, self.device)  # the autocast dtype of a resolved name
         # The networks run under autocast; the chain (noise, sampler steps, latents) stays float32.
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             latents = sample_latents(self.ldm, self.sampler, noise, cond, guidance=self.guidance,

@@ -36,6 +36,16 @@ def _add_trust_option(p: argparse.ArgumentParser) -> None:
                         "only for a model folder you trust)")
 
 
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    """--batch-size and --precision of the commands that generate."""
+    from synthaug import cli_types as T
+
+    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
+                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
+
+
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()):  # noqa: ANN202 - lazy import of the type
     from synthaug.config import load_config
 
@@ -292,7 +302,7 @@ def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
             ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
             ("sampler", f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
              + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
-             + f", class from {g['class_source']}, {g.get('precision', 'fp32')}"),
+             + f", class from {g['class_source']}, {g['precision']}"),
             ("filter", None if not info["filter"] else
              f"{info['filter']['model']} {info['filter']['weights_sha256'][:12]}, confidence "
              f"{info['filter']['confidence']:g}; rejected " + (", ".join(f"label {c}: {n}" for c, n in
@@ -509,10 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: use --label")
     p.add_argument("--seed", type=T.count(0), default=0, help="seed of the first volume; volume i uses seed+i")
-    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
-                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
+    _add_batch_options(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw LDM weights instead of the EMA ones")
     p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -528,10 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-balance", default="equal", help="equal (default) or weights, e.g. 0:1,1:2")
     p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder); "
                                    "under torchrun the default is RANK/WORLD_SIZE")
-    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
-                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
+    _add_batch_options(p)
     p.add_argument("--format", choices=["nifti-gz", "nifti"], default="nifti-gz",
                    help="nifti-gz (default, smaller) or nifti (uncompressed, faster to load)")
     p.add_argument("--seed", type=T.count(0), default=0, help="cache seed: volume seeds derive from it (default 0)")

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from synthaug.data.io import atomic_write_text
 from synthaug.errors import GenerationError, InputError
 from synthaug.mix.cache import LABELS, SyntheticCache, volume_id
+from synthaug.mix.schedule import parse_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +191,6 @@ class SyntheticMixDataset(Dataset):
             keep_keys: further keys of the real items to pass through (e.g. ``["adc", "pirads"]``).
             epochs: the run's epochs, needed by the decay schedules (``linear:R``, ``cosine:R``).
         """
-        from synthaug.mix.schedule import parse_schedule
-
         self.schedule = parse_schedule(ratio, epochs=epochs)
         if label_from not in ("requested", "predicted"):
             raise InputError(f"unknown label source {label_from!r}", where="label_from", fix="use requested or predicted")

@@ -10,7 +10,7 @@ DEMO_OUT ?= demo_out
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all lint clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: install
 
 test-all: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The rules in pyproject.toml (pyflakes, pycodestyle, bugbear, import order); CI runs it before the tests.
+lint: install
+	$(VENV)/bin/ruff check synthaug classifiers tests benchmarks
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -47,7 +47,7 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
-def lesion_masks(items: list[dict], cfg) -> dict[str, np.ndarray]:  # noqa: ANN001
+def lesion_masks(items: list[dict], cfg) -> dict[str, np.ndarray]:
     """Image path -> boolean lesion mask (X, Y, Z) of every positive phantom case: where it differs from its twin."""
     from synthaug.data.phantom import make_phantom_case
 
@@ -63,7 +63,7 @@ def lesion_masks(items: list[dict], cfg) -> dict[str, np.ndarray]:  # noqa: ANN0
     return masks
 
 
-def lesion_scores(real, recon, masks: list[np.ndarray]) -> dict[str, float]:  # noqa: ANN001
+def lesion_scores(real, recon, masks: list[np.ndarray]) -> dict[str, float]:
     """Mean L1 inside the lesions and the fraction of each lesion's contrast to its rim that the round trip keeps."""
     from scipy.ndimage import binary_dilation
 
@@ -90,14 +90,14 @@ def main() -> None:  # noqa: PLR0915 - one straight script
 
     import torch
 
+    from synthaug.apps.demo.run import DemoPlan
+    from synthaug.apps.evaluate import train_classifier
     from synthaug.config import load_config
     from synthaug.data.manifest import load_manifest
     from synthaug.data.phantom import write_phantom_dataset
-    from synthaug.demo import DemoPlan
-    from synthaug.evaluate import train_classifier
+    from synthaug.data.volume_store import VolumeStore
     from synthaug.ldm.autoencoder import build_autoencoder, decode_latents, encode_volumes, train_autoencoder
     from synthaug.metrics.class_signal import score_link
-    from synthaug.sweep import VolumeStore
 
     plan = DemoPlan()
     base = [*plan.train_overrides(), *args.set]

@@ -78,16 +78,16 @@ def main() -> None:  # noqa: PLR0915 - one straight script
 
     import torch
 
+    from synthaug.apps.demo.run import QUICK, DemoPlan
+    from synthaug.apps.evaluate import train_classifier
     from synthaug.config import load_config
     from synthaug.data.manifest import load_manifest
     from synthaug.data.phantom import write_phantom_dataset
-    from synthaug.demo import QUICK, DemoPlan
-    from synthaug.evaluate import train_classifier
+    from synthaug.data.volume_store import VolumeStore
     from synthaug.generate import CCELLAGenerator
     from synthaug.ldm.autoencoder import decode_latents, encode_volumes
     from synthaug.ldm.train import train_generator
     from synthaug.metrics.class_signal import class_signal_chain
-    from synthaug.sweep import VolumeStore
 
     started = time.perf_counter()
     plan = dataclasses.replace(QUICK if args.quick else DemoPlan(), **BUDGETS[args.budget])
@@ -98,7 +98,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     cfg = load_config(preset="tiny", overrides=[*plan.train_overrides(), *args.set])
     timings = {}
 
-    def stage(name: str, fn):  # noqa: ANN001, ANN202
+    def stage(name: str, fn):
         t = time.perf_counter()
         value = fn()
         timings[name] = round(time.perf_counter() - t, 1)

@@ -3,7 +3,7 @@
     python benchmarks/bench_contention.py                                   # every setting x every neighbour
     python benchmarks/bench_contention.py --settings default,passive --neighbours none,python
 
-Each run is a fresh process running ``synthaug.demo.run_demo(quick=True)`` with only the named environment
+Each run is a fresh process running ``synthaug.apps.demo.run.run_demo(quick=True)`` with only the named environment
 (the `synthaug` command chooses a wait policy itself, so it is bypassed here except for ``auto``):
 
 - ``auto``: ``synthaug demo --quick`` with nothing set: the command's own choice (``synthaug/threads.py``:
@@ -40,7 +40,7 @@ NEIGHBOURS = {
     "python": "while True:\n    pass\n",
     "torch": "import torch\nx = torch.randn(512, 512)\nwhile True:\n    x = (x @ x).tanh()\n",
 }
-DEMO = "import sys\nfrom synthaug.demo import run_demo\nrun_demo(sys.argv[1], quick=True, log=lambda *a: None)\n"
+DEMO = "import sys\nfrom synthaug.apps.demo.run import run_demo\nrun_demo(sys.argv[1], quick=True, log=lambda *a: None)\n"
 OMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 
 

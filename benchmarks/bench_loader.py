@@ -24,7 +24,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def transform():  # noqa: ANN201
+def transform():
     import torch
     from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged, ScaleIntensityRangePercentilesd
 
@@ -34,7 +34,7 @@ def transform():  # noqa: ANN201
                     EnsureTyped(keys, dtype=torch.float32)])
 
 
-def throughput(dataset, workers: int, batch_size: int, repeats: int) -> list[float]:  # noqa: ANN001
+def throughput(dataset, workers: int, batch_size: int, repeats: int) -> list[float]:
     from monai.data import DataLoader
 
     rates = []

@@ -62,7 +62,7 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
 def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, steps: int | None, eta: float | None,
                     guidance: float) -> list[dict]:
     """One synthetic volume per real training case from its own report and label; cached in ``out``."""
-    from synthaug.evaluate import paper_protocol_items
+    from synthaug.apps.evaluate import paper_protocol_items
     from synthaug.generate import CCELLAGenerator
 
     provenance = out / "provenance.jsonl"
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
     if args.budget == "bench":
-        from synthaug.demo import DemoPlan
+        from synthaug.apps.demo.run import DemoPlan
 
         plan = DemoPlan()
         args.vae_steps, args.ldm_steps, args.prediction = 1920, 6000, "flow"
@@ -117,10 +117,10 @@ def main() -> None:
     from rich.table import Table
 
     from classifiers import FitConfig, build_model, evaluate, fit
+    from synthaug.apps.sweep.statistics import holm, mean_ci, paired_difference
     from synthaug.data.manifest import load_manifest
+    from synthaug.data.volume_store import VolumeStore
     from synthaug.ldm.bundle import load_bundle
-    from synthaug.sweep import VolumeStore
-    from synthaug.sweep_report import holm, mean_ci, paired_difference
 
     console = Console(width=max(Console().width, 160))
     args.work = args.work or RESULTS / (f"paper_protocol_{args.prediction}"

@@ -46,11 +46,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from synthaug.apps.evaluate import fidelity_classifier
     from synthaug.data.manifest import load_manifest
-    from synthaug.evaluate import fidelity_classifier
+    from synthaug.data.volume_store import VolumeStore
     from synthaug.generate import CCELLAGenerator
     from synthaug.metrics import SeededResNet3D, conditioning_fidelity, fid, kid, normalise_volume
-    from synthaug.sweep import VolumeStore
 
     console = Console(width=max(Console().width, 160))
     manifest = load_manifest(args.data)

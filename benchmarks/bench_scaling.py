@@ -29,7 +29,7 @@ RESULTS = Path(__file__).parent / "results"
 SIZES = ("32x32x32", "48x48x32", "64x64x32", "96x96x48", "128x128x64")
 
 
-def _best(fn, reps: int) -> float:  # noqa: ANN001
+def _best(fn, reps: int) -> float:
     fn()  # warm-up (oneDNN picks its kernels on the first call)
     times = []
     for _ in range(reps):
@@ -65,7 +65,7 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     spacing = torch.tensor([list(cfg.data.spacing)] * items)
     z = torch.randn((batch, c, *latent), generator=g)
 
-    def autocast():  # noqa: ANN202
+    def autocast():
         return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
 
     with torch.no_grad():
@@ -92,7 +92,7 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     return row
 
 
-def _train_steps(cfg, ldm, vae, shape, latent, reps: int) -> dict:  # noqa: ANN001
+def _train_steps(cfg, ldm, vae, shape, latent, reps: int) -> dict:
     import torch
 
     from synthaug.ldm.autoencoder import autoencoder_loss
@@ -158,10 +158,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_scaling.json")
     args = parser.parse_args()
 
+    from _record import write_record
     from rich.console import Console
     from rich.table import Table
-
-    from _record import write_record
 
     console = Console(width=max(Console().width, 150))
     load_before = os.getloadavg()[0]

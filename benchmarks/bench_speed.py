@@ -36,10 +36,13 @@ def measure(tree: str, phantom: str, work: str, steps: int, warmup: int, volumes
 
     import synthaug
     from synthaug.config import load_config
-    from synthaug.demo import DemoPlan
     from synthaug.generate import CCELLAGenerator
     from synthaug.ldm.train import train_generator
 
+    try:
+        from synthaug.apps.demo.run import DemoPlan
+    except ImportError:  # a revision before the apps/ layout
+        from synthaug.demo import DemoPlan
     here = Path(synthaug.__file__).resolve()
     if not here.is_relative_to(Path(tree).resolve()):
         raise SystemExit(f"imported synthaug from {here}, not from the tree {tree}")
@@ -120,10 +123,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_speed.json")
     args = parser.parse_args()
 
+    from _record import write_record
     from rich.console import Console
     from rich.table import Table
-
-    from _record import write_record
 
     console = Console()
     load_before = os.getloadavg()[0]

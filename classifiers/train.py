@@ -168,7 +168,7 @@ def _positive_prob(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _loader(items: _Items, config: FitConfig, shuffle: bool, generator: torch.Generator | None,
-            sampler=None) -> DataLoader:  # noqa: ANN001
+            sampler=None) -> DataLoader:
     from monai.data.utils import worker_init_fn  # reseeds each worker's random transforms from its torch seed
 
     if sampler is None and shuffle:
@@ -263,45 +263,22 @@ def fit(model: nn.Module, train_ds, val_ds, config: FitConfig | None = None,
     config = FitConfig() if config is None else config
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ClassifierError(f"fit needs non-empty datasets, got {len(train_ds)} train and {len(val_ds)} val items")
-    start, device = time.perf_counter(), _device(config)
-    rank, world = rank_and_world()  # under torchrun: DDP, each rank a share of every epoch
-    if world > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    model.to(device)
-    trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                  else None) if world > 1 else model
-    progress = progress and rank == 0
-    generator = torch.Generator().manual_seed(config.seed)
-    transform = None
-    if config.augment:  # the first item gives the image size that the translation range is a fraction of
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(0)
-        transform = augmentation(config, tuple(_Items(train_ds, config)[0][0].shape[1:]))
-        transform.set_random_state(seed=config.seed + rank)
-    items = _Items(train_ds, config, transform)
-    shard = EpochShardSampler(len(items), config.samples_per_epoch, config.seed, rank, world) if world > 1 else None
-    train_loader = _loader(items, config, True, generator, sampler=shard)
-    val_loader = _loader(_Items(val_ds, config), config, False, None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.epochs * len(train_loader),
-                                                      power=config.lr_power)
+    start = time.perf_counter()
+    run = _prepare(model, train_ds, val_ds, config)
     history: list[dict[str, Any]] = []
     best_epoch, best_metric, best_state, best_probs = 0, None, None, None
     stopped_early = False
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _progress(progress) as bar:
+    with torch.random.fork_rng(devices=run.rng_devices), _progress(progress and run.rank == 0) as bar:
         torch.manual_seed(config.seed)  # dropout and other in-model randomness
-        task = bar.add_task("training", total=config.epochs * len(train_loader)) if bar is not None else None
+        task = bar.add_task("training", total=config.epochs * len(run.train_loader)) if bar is not None else None
         for epoch in range(config.epochs):
-            if hasattr(train_ds, "set_epoch"):
-                train_ds.set_epoch(epoch)
-            if shard is not None:
-                shard.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
+            _start_epoch(train_ds, run.shard, epoch)
+            lr = run.optimizer.param_groups[0]["lr"]
             report = functools.partial(_advance, bar, task, epoch) if bar is not None else None
-            train_loss = all_mean(_train_epoch(trained, train_loader, optimizer, scheduler, config, device, report))
+            train_loss = all_mean(_train_epoch(run.trained, run.train_loader, run.optimizer, run.scheduler, config,
+                                               run.device, report))
             sync_buffers(model)  # every rank validates the same model
-            probs, labels, val_loss = _predict(model, val_loader, config, device)
+            probs, labels, val_loss = _predict(model, run.val_loader, config, run.device)
             val = {**binary_metrics(labels, probs), "loss": val_loss}
             history.append({"epoch": epoch, "train_loss": train_loss, "lr": lr, "val": val})
             if _better(val[config.metric], best_metric, config.metric) or best_state is None:
@@ -316,3 +293,56 @@ def fit(model: nn.Module, train_ds, val_ds, config: FitConfig | None = None,
     threshold = choose_threshold(*best_probs, rule=config.threshold_rule)
     return FitResult(best_epoch, best_metric, config.metric, history, best_state, threshold, stopped_early,
                      time.perf_counter() - start)
+
+
+@dataclass
+class _Run:
+    """What ``fit`` trains with: the device, the model to step (DDP-wrapped under torchrun), loaders and optimizer."""
+
+    device: torch.device
+    rank: int
+    trained: nn.Module  # the model, or its DistributedDataParallel wrapper
+    shard: EpochShardSampler | None  # deals each epoch's items to the ranks (torchrun), else None
+    train_loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @property
+    def rng_devices(self) -> list[int]:
+        """The CUDA devices whose random state ``fit`` forks (none on a CPU)."""
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+
+def _prepare(model: nn.Module, train_ds, val_ds, config: FitConfig) -> _Run:
+    """Move ``model`` to its device (wrapped for DDP under torchrun) and build the loaders, optimizer and schedule."""
+    device = _device(config)
+    rank, world = rank_and_world()  # under torchrun: DDP, each rank a share of every epoch
+    if world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    model.to(device)
+    trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                  else None) if world > 1 else model
+    generator = torch.Generator().manual_seed(config.seed)
+    transform = None
+    if config.augment:  # the first item gives the image size that the translation range is a fraction of
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(0)
+        transform = augmentation(config, tuple(_Items(train_ds, config)[0][0].shape[1:]))
+        transform.set_random_state(seed=config.seed + rank)
+    items = _Items(train_ds, config, transform)
+    shard = EpochShardSampler(len(items), config.samples_per_epoch, config.seed, rank, world) if world > 1 else None
+    train_loader = _loader(items, config, True, generator, sampler=shard)
+    val_loader = _loader(_Items(val_ds, config), config, False, None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.epochs * len(train_loader),
+                                                      power=config.lr_power)
+    return _Run(device, rank, trained, shard, train_loader, val_loader, optimizer, scheduler)
+
+
+def _start_epoch(train_ds, shard: EpochShardSampler | None, epoch: int) -> None:
+    """Tell the dataset (``set_epoch``, e.g. ``SyntheticMixDataset``) and the rank sharder which epoch begins."""
+    if hasattr(train_ds, "set_epoch"):
+        train_ds.set_epoch(epoch)
+    if shard is not None:
+        shard.set_epoch(epoch)

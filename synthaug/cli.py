@@ -1,17 +1,21 @@
-"""The ``synthaug`` command. Thin: parses arguments, calls library functions, prints results.
+"""The ``synthaug`` command. Thin: each ``cmd_*`` parses its arguments, makes one library call and prints
+the result; ``build_parser`` assembles one small parser function per command.
 
 Library modules are imported inside each command so that ``synthaug --help`` stays instant.
-User mistakes (``synthaug.errors.InputError``) print one line and exit with code 2.
+User mistakes (``synthaug.errors.InputError``) print one line and exit with code 2. Logging levels of
+the libraries underneath (transformers, Optuna) are set here, never in library code.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from synthaug import cli_types as T
 
 EXIT_BAD_INPUT = 2
 
@@ -23,53 +27,71 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper, reference (the paper's code)")
-    p.add_argument("--config", type=Path, help="YAML/JSON config file (see `synthaug config show`)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set phantom.difficulty=0.7 (repeatable)")
-
-
-def _add_trust_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
-                        "only for a model folder you trust)")
-
-
-def _add_batch_options(p: argparse.ArgumentParser) -> None:
-    """--batch-size and --precision of the commands that generate."""
-    from synthaug import cli_types as T
-
-    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
-                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
-
-
-def _config(args: argparse.Namespace, extra: Sequence[str] = ()):  # noqa: ANN202 - lazy import of the type
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()):  # -> synthaug.config.SynthaugConfig
     from synthaug.config import load_config
 
     return load_config(args.config, preset=args.preset, overrides=[*args.overrides, *extra])
 
 
-def _console():  # noqa: ANN202
+def _console():  # -> rich.console.Console
     from rich.console import Console
 
     return Console()
+
+
+def _print_rows(console, title: str, rows: Sequence[tuple[str, str | None]]) -> None:
+    """A two-column rich table of (what, value); rows whose value is None are left out."""
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for what, value in rows:
+        if value is not None:
+            table.add_row(what, value)
+    console.print(table)
+
+
+def _print_table(console, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _quiet_libraries(optuna: bool = False) -> None:
+    """Our own bars say what is loading and training: off go transformers' bars (and Optuna's per-trial log)."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    if optuna:
+        import optuna as optuna_module
+
+        optuna_module.logging.set_verbosity(optuna_module.logging.WARNING)
+
+
+GENERATOR_OPTIONS = ("device", "sampler", "steps", "eta", "guidance", "class_guidance", "class_source",
+                     "report_source", "batch_size", "precision", "trust_remote_code")
+
+
+def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``CCELLAGenerator.from_bundle`` keywords from the options a command has and the user gave."""
+    options = {k: getattr(args, k) for k in GENERATOR_OPTIONS if getattr(args, k, None) is not None}
+    if getattr(args, "no_ema", False):
+        options["ema"] = False
+    return options
 
 
 # ---------------------------------------------------------------- commands
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
+    from synthaug.console import progress_bar
     from synthaug.data.phantom import write_phantom_dataset
-    from synthaug.report import progress_bar
 
-    extra = []
-    if args.n is not None:
-        extra.append(f"phantom.n_cases={args.n}")
-    if args.seed is not None:
-        extra.append(f"phantom.seed={args.seed}")
+    extra = [f"phantom.{key}={value}" for key, value in (("n_cases", args.n), ("seed", args.seed)) if value is not None]
     cfg = _config(args, extra)
     console = _console()
     with progress_bar(f"phantom: {cfg.phantom.n_cases} cases", console) as update:
@@ -81,9 +103,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return _show_dataset(args.manifest, _console(), read_images=not args.no_images)
 
 
-def _show_dataset(manifest: Path, console, read_images: bool) -> int:  # noqa: ANN001
+def _show_dataset(manifest: Path, console, read_images: bool) -> int:
+    from synthaug.console import dataset_tables, progress_bar
     from synthaug.data.check import check_dataset
-    from synthaug.report import dataset_tables, progress_bar
 
     with progress_bar("checking images" if read_images else "checking files", console) as update:
         summary = check_dataset(manifest, read_images=read_images, progress=update)
@@ -100,16 +122,11 @@ def cmd_picai(args: argparse.Namespace) -> int:
     from synthaug.data.picai import picai_to_manifest
 
     cfg = _config(args)
-    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     result = picai_to_manifest(
-        args.images, args.labels, args.out,
-        label_rule=args.label_rule or cfg.data.label_rule,
-        modalities=modalities,
-        splits_json=args.splits, fold=args.fold, seed=args.seed,
-        split_fractions=cfg.phantom.split_fractions,
-        reports=cfg.data.reports,
-        on_missing="skip" if args.skip_missing else "error",
-    )
+        args.images, args.labels, args.out, label_rule=args.label_rule or cfg.data.label_rule,
+        modalities=tuple(T.comma_list(args.modalities)), splits_json=args.splits, fold=args.fold, seed=args.seed,
+        split_fractions=cfg.phantom.split_fractions, reports=cfg.data.reports,
+        on_missing="skip" if args.skip_missing else "error")
     console = _console()
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} case(s) without images: "
@@ -118,27 +135,18 @@ def cmd_picai(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
+    from synthaug.console import stage_progress
     from synthaug.ldm.train import train_generator
-    from synthaug.report import stage_progress
 
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # our own bars say what is loading
+    _quiet_libraries()
     cfg = _config(args)
     console = _console()
     with stage_progress(console) as update:
         result = train_generator(args.data, args.out, cfg, autoencoder=args.autoencoder, work_dir=args.work,
                                  resume=args.resume, overwrite=args.overwrite, device=args.device, progress=update)
-    table = Table(title="Trained bundle")
-    table.add_column("what")
-    table.add_column("value")
-    for what, value in (("bundle", str(result.bundle)), ("fingerprint", result.fingerprint[:16]),
-                        ("LDM steps", str(result.steps)), ("final loss", f"{result.final_loss:.4f}"),
-                        ("wall time", f"{result.seconds / 60:.1f} min")):
-        table.add_row(what, value)
-    console.print(table)
+    _print_rows(console, "Trained bundle", [
+        ("bundle", str(result.bundle)), ("fingerprint", result.fingerprint[:16]), ("LDM steps", str(result.steps)),
+        ("final loss", f"{result.final_loss:.4f}"), ("wall time", f"{result.seconds / 60:.1f} min")])
     return 0
 
 
@@ -152,167 +160,85 @@ def _labels_for(label: str, n: int) -> list[int]:
     raise InputError(f"must be 0, 1 or both, got {label!r}", where="--label", fix="ask for class 0 or 1")
 
 
+def _sampler_line(g: dict[str, Any]) -> str:
+    """The sampler settings of a generator or cache, as one line."""
+    return (f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
+            + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
+            + f", class from {g['class_source']}, {g['precision']}")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    import json
-    import shutil
-
-    from rich.table import Table
-
-    from synthaug.data.io import make_temp_dir
-    from synthaug.errors import InputError
-    from synthaug.generate import CCELLAGenerator, write_volume
-    from synthaug.metrics.montage import save_volumes
-    from synthaug.report import progress_bar
+    from synthaug.console import progress_bar
+    from synthaug.export import export_volumes
+    from synthaug.generate import CCELLAGenerator
 
     labels = _labels_for(args.label, args.n)
-    out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InputError("output folder exists and is not empty", where=str(out),
-                         fix="choose another --out or pass --overwrite")
-    generator = CCELLAGenerator.from_bundle(
-        args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, eta=args.eta,
-        guidance=args.guidance, class_guidance=args.class_guidance, ema=not args.no_ema,
-        class_source=args.class_source, report_source=args.report_source, batch_size=args.batch_size,
-        precision=args.precision, trust_remote_code=args.trust_remote_code)
-    reports = [args.report] * args.n if args.report is not None else None
+    generator = CCELLAGenerator.from_bundle(args.bundle, **_generator_options(args))
     console = _console()
     with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
                       console) as update:
-        result = generator.generate(labels, reports=reports, seeds=range(args.seed, args.seed + args.n),
-                                    progress=update)
-    tmp = make_temp_dir(out)
-    try:
-        lines = []
-        for i, (volume, record) in enumerate(zip(result.volumes, result.provenance)):
-            name = f"synthetic_{i:05d}_label{record['label']}.nii.gz"
-            write_volume(volume, result.affine, tmp / name)
-            lines.append(json.dumps({"file": name, **record}, sort_keys=True) + "\n")
-        (tmp / "provenance.jsonl").write_text("".join(lines), encoding="utf-8")
-        shown = min(args.n, 8)
-        save_volumes([v[0].numpy() for v in result.volumes[:shown]],
-                     [f"#{i} label {r['label']} p={r['predicted_prob']:.2f}"
-                      for i, r in enumerate(result.provenance[:shown])], tmp / "montage.png")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    table = Table(title="synthaug generate", show_header=False)
-    for what, value in (("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
-                        ("sampler", f"{generator.sampler.name}, {generator.sampler.steps} steps"
-                                    + (f", eta {generator.sampler.eta:g}" if generator.sampler.name == "ddim" else "")
-                                    + f", guidance {generator.guidance}, class guidance {generator.class_guidance}"
-                                    + f", class from {generator.class_source}, {generator.precision}"),
-                        ("bundle", generator.fingerprint[:16]), ("written to", str(out))):
-        table.add_row(what, value)
-    console.print(table)
+        export_volumes(generator, labels, args.out, seeds=range(args.seed, args.seed + args.n),
+                       reports=[args.report] * args.n if args.report is not None else None,
+                       overwrite=args.overwrite, progress=update)
+    _print_rows(console, "synthaug generate", [
+        ("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
+        ("sampler", _sampler_line(generator.settings())), ("bundle", generator.fingerprint[:16]),
+        ("written to", str(args.out))])
     return 0
 
 
-def _print_table(console, title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:  # noqa: ANN001
-    from rich.table import Table
+def _real_class_counts(manifest: Path | None, balance: Any) -> dict[int, int] | None:
+    """The train split's cases per class, which ``match_real`` and ``fill_minority`` follow."""
+    from synthaug.mix.balance import NEEDS_REAL
 
-    table = Table(title=title)
-    for col in header:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    if manifest is None:
+        if isinstance(balance, str) and balance in NEEDS_REAL:
+            from synthaug.errors import InputError
 
+            raise InputError(f"class balance {balance!r} follows the real training set's classes", where="--real",
+                             fix="pass --real MANIFEST (its train split's class counts), or use equal or weights")
+        return None
+    from synthaug.data.manifest import load_manifest
 
-def _shard(text: str | None) -> tuple[int, int]:
-    from synthaug.errors import InputError
-
-    if text is None:
-        return (0, 1)
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        i, n = -1, 0
-    if not (n >= 1 and 0 <= i < n):
-        raise InputError(f"shard {text!r} is not I/N with 0 <= I < N", where="--shard", fix="e.g. --shard 0/4")
-    return i, n
-
-
-def _class_balance(text: str):  # noqa: ANN202 - str or {label: weight}
-    from synthaug.errors import InputError
-
-    if text in ("equal",):
-        return text
-    try:
-        weights = {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
-    except ValueError:
-        weights = None
-    if not weights:
-        raise InputError(f"class balance {text!r} is not 'equal' or weights like 0:1,1:2", where="--class-balance",
-                         fix="use equal, or LABEL:WEIGHT pairs such as 0:1,1:2")
-    return weights
-
-
-def _torchrun_shard() -> tuple[int, int] | None:
-    """(RANK, WORLD_SIZE) when started by torchrun with more than one process, else None."""
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+    labels = [case["label"] for case in load_manifest(manifest).items("train")]
+    return {c: labels.count(c) for c in (0, 1)}
 
 
 def cmd_pregenerate(args: argparse.Namespace) -> int:
+    from synthaug.apps.pregenerate import FilterOptions, pregenerate_cache
+    from synthaug.console import progress_bar
+    from synthaug.distributed import process_device, torchrun_shard
+    from synthaug.mix.balance import parse_class_balance, pregeneration_quotas
+    from synthaug.mix.filter import check_confidence
 
-    from synthaug.generate import CCELLAGenerator
-    from synthaug.mix.cache import FILTER_FILE, SyntheticCache, class_counts
-    from synthaug.mix.filter import VolumeFilter, check_confidence
-    from synthaug.report import progress_bar
-
-    shard = _shard(args.shard) if args.shard or not _torchrun_shard() else _torchrun_shard()  # type: ignore[assignment]
-    balance = _class_balance(args.class_balance)
-    if args.device == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-    counts = class_counts(args.n, balance)
+    shard = args.shard or torchrun_shard() or (0, 1)
+    balance = parse_class_balance(args.class_balance, where="--class-balance")
+    counts = pregeneration_quotas(args.n, balance, _real_class_counts(args.real, balance))
     check_confidence(args.filter_confidence)
-    generator = CCELLAGenerator.from_bundle(
-        args.bundle, device=args.device, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-        class_guidance=args.class_guidance, class_source=args.class_source, report_source=args.report_source,
-        batch_size=args.batch_size, precision=args.precision, trust_remote_code=args.trust_remote_code)
-    kept = args.out / FILTER_FILE
-    volume_filter = VolumeFilter.from_option(
-        args.filter, kept, generator.bundle.config.data, manifest=args.filter_data, model=args.filter_model,
-        confidence=args.filter_confidence, epochs=args.filter_epochs, crop=_crop(args.filter_crop, "--filter-crop")) \
-        if args.filter else None
-    cache = SyntheticCache.create(args.out, generator, file_format=args.format, seed=args.seed,
-                                  allow_foreign=args.allow_foreign, volume_filter=volume_filter)
-    if args.filter == "train" and not kept.is_file():
-        volume_filter.save(kept)
+    filter_options = FilterOptions(args.filter, args.filter_data, args.filter_model, args.filter_confidence,
+                                   args.filter_epochs, args.filter_crop) if args.filter else None
     console = _console()
     with progress_bar(f"pregenerate shard {shard[0]}/{shard[1]}", console) as update:
-        made = cache.pregenerate(generator, counts=counts, shard=shard, batch_size=generator.batch_size,
-                                 progress=update, allow_foreign=args.allow_foreign, volume_filter=volume_filter)
+        cache, made = pregenerate_cache(
+            args.bundle, args.out, counts, shard=shard, filter_options=filter_options, file_format=args.format,
+            seed=args.seed, allow_foreign=args.allow_foreign, progress=update,
+            generator_options={**_generator_options(args), "device": process_device(args.device)})
     return _show_cache(cache, console, made=made)
 
 
-def _show_cache(cache, console, made: int | None = None) -> int:  # noqa: ANN001
-    from rich.table import Table
-
+def _show_cache(cache, console, made: int | None = None) -> int:
     info = cache.info()
-    g = info["generator"]
-    table = Table(title=f"synthetic cache {info['path']}", show_header=False)
-    rows = [("volumes", f"{info['volumes']} (" + ", ".join(f"label {c}: {n}" for c, n in info["per_class"].items())
-             + ")"), ("made now", None if made is None else str(made)),
-            ("reports", f"{info['distinct_reports']} distinct; sources {info['report_sources']}"),
-            ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
-            ("sampler", f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
-             + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
-             + f", class from {g['class_source']}, {g['precision']}"),
-            ("filter", None if not info["filter"] else
-             f"{info['filter']['model']} {info['filter']['weights_sha256'][:12]}, confidence "
-             f"{info['filter']['confidence']:g}; rejected " + (", ".join(f"label {c}: {n}" for c, n in
-                                                                    info["rejected"].items()) or "none")),
-            ("bundle", info["bundle_fingerprint"][:16]), ("format", f"{info['file_format']} {info['shape']}"),
-            ("size on disk", f"{info['bytes'] / 2**20:.1f} MiB")]
-    for what, value in rows:
-        if value is not None:
-            table.add_row(what, value)
-    console.print(table)
+    rejected = ", ".join(f"label {c}: {n}" for c, n in info["rejected"].items()) or "none"
+    kept = info["filter"] and (f"{info['filter']['model']} {info['filter']['weights_sha256'][:12]}, confidence "
+                               f"{info['filter']['confidence']:g}; rejected {rejected}")
+    _print_rows(console, f"synthetic cache {info['path']}", [
+        ("volumes", f"{info['volumes']} (" + ", ".join(f"label {c}: {n}" for c, n in info["per_class"].items()) + ")"),
+        ("made now", None if made is None else str(made)),
+        ("reports", f"{info['distinct_reports']} distinct; sources {info['report_sources']}"),
+        ("predicted = requested", "-" if info["predicted_agrees"] is None else f"{info['predicted_agrees']:.0%}"),
+        ("sampler", _sampler_line(info["generator"])), ("filter", kept or None),
+        ("bundle", info["bundle_fingerprint"][:16]), ("format", f"{info['file_format']} {info['shape']}"),
+        ("size on disk", f"{info['bytes'] / 2**20:.1f} MiB")])
     return 0
 
 
@@ -346,51 +272,27 @@ def cmd_cache_verify(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT
 
 
-def _comma_list(text: str) -> list[str]:
-    """A comma-separated option as its parts (ratios, models and sources are checked by SweepSettings.check)."""
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _sweep_settings(args: argparse.Namespace):  # -> synthaug.apps.sweep.SweepSettings
+    """``SweepSettings`` from the options named like its fields (each option's parser is its type)."""
+    from synthaug.apps.sweep import SweepSettings
 
-
-def _crop(text: str | None, where: str = "--crop") -> tuple[int, int, int] | None:
-    from synthaug.errors import InputError
-
-    if not text:
-        return None
-    try:
-        box = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        box = ()
-    if len(box) != 3 or min(box) < 1:
-        raise InputError(f"crop {text!r} is not X,Y,Z voxels", where=where, fix=f"e.g. {where} 32,32,16")
-    return box  # type: ignore[return-value]
+    given = {f.name: getattr(args, f.name) for f in fields(SweepSettings) if getattr(args, f.name, None) is not None}
+    if args.ratio_range is not None:
+        given["ratio_min"], given["ratio_max"] = args.ratio_range
+    return SweepSettings(**given)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from synthaug.apps.sweep import run_sweep
+    from synthaug.apps.sweep.report import HEADER, table_rows
+    from synthaug.console import stage_progress
 
-    from synthaug.errors import InputError
-    from synthaug.report import stage_progress
-    from synthaug.sweep import SweepSettings, run_sweep
-    from synthaug.sweep_report import HEADER, table_rows
-
-    low, _, high = (args.ratio_range or "0.1:4").partition(":")
-    try:
-        ratio_min, ratio_max = float(low), float(high)  # their range is checked by SweepSettings.check
-    except ValueError:
-        raise InputError(f"ratio range {args.ratio_range!r} is not MIN:MAX", where="--ratio-range",
-                         fix="e.g. --ratio-range 0.1:4") from None
-    settings = SweepSettings(
-        ratios=_comma_list(args.ratios), search=args.search, ratio_min=ratio_min, ratio_max=ratio_max,
-        n_trials=args.trials, tune_lr=args.tune_lr, tune_epochs=args.tune_epochs, seeds=args.seeds,
-        models=_comma_list(args.models), schedules=args.schedules, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, patience=args.patience,
-        metric=args.metric, class_balance=args.class_balance, label_from=args.label_from, storage=args.storage,
-        samples_per_epoch=args.samples_per_epoch, crop=_crop(args.crop), prune=not args.no_prune,
-        study_name=args.study_name, allow_leakage=args.allow_leakage, device=args.device)
+    _quiet_libraries(optuna=True)
+    settings = _sweep_settings(args)
     data = _config(args).data if (args.preset or args.config or args.overrides) else None  # None: the generator's
     console = _console()
     with stage_progress(console) as progress:
-        summary = run_sweep(args.data, [Path(p) for p in _comma_list(args.synthetic)], args.out, settings, data,
-                            progress=progress)
+        summary = run_sweep(args.data, [Path(p) for p in args.synthetic], args.out, settings, data, progress=progress)
     for model in summary["per_model"]:
         _print_table(console, f"synthaug sweep: {model}, {summary['seeds']} seeds", HEADER, table_rows(summary, model))
     console.print(f"result: {summary['verdict']}")
@@ -402,14 +304,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from synthaug.evaluate import evaluate_synthetic
+    from synthaug.apps.evaluate import evaluate_synthetic
+    from synthaug.console import stage_progress
     from synthaug.metrics import headline
-    from synthaug.report import stage_progress
 
-    options = {k: v for k, v in (("sampler", args.sampler), ("steps", args.steps), ("guidance", args.guidance),
-                                 ("class_guidance", args.class_guidance), ("device", args.device)) if v is not None}
+    options = {k: v for k, v in _generator_options(args).items() if k != "trust_remote_code"}
     console = _console()
     with stage_progress(console) as progress:
         metrics = evaluate_synthetic(
@@ -417,22 +316,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             paper_protocol=args.paper_protocol, generator_options=options, medicalnet=args.medicalnet,
             radimagenet=args.radimagenet, fidelity_model=None if args.fidelity_model == "none" else args.fidelity_model,
             fidelity_epochs=args.fidelity_epochs, resize=args.resize, max_synthetic=args.max_synthetic,
-            features=args.features,
-            progress=progress)
-    table = Table(title="synthaug evaluate", show_header=False)
-    for what, value in headline(metrics):
-        table.add_row(what, value)
-    console.print(table)
+            features=args.features, progress=progress)
+    _print_rows(console, "synthaug evaluate", headline(metrics))
     console.print(f"wrote {args.out}/metrics.json, report.md, montages, memorisation.csv")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from synthaug.apps.demo.report import ratio_table
+    from synthaug.apps.demo.run import run_demo
+    from synthaug.console import stage_progress
 
-    from synthaug.demo import run_demo
-    from synthaug.demo_report import ratio_table
-    from synthaug.report import stage_progress
-
+    _quiet_libraries(optuna=True)
     console = _console()
     with stage_progress(console) as progress:
         summary = run_demo(args.out, quick=args.quick, force=args.force, progress=progress, log=console.print)
@@ -454,14 +349,52 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from synthaug import __version__
-    from synthaug import cli_types as T
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper, reference (the paper's code)")
+    p.add_argument("--config", type=Path, help="YAML/JSON config file (see `synthaug config show`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set phantom.difficulty=0.7 (repeatable)")
 
-    parser = _Parser(prog="synthaug", description="Synthetic 3D MRI (CCELLA latent diffusion) for classifier training.")
-    parser.add_argument("--version", action="version", version=f"synthaug {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+def _add_trust_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the bundle's text model run its own Python code (never taken from the bundle; "
+                        "only for a model folder you trust)")
+
+
+def _add_sampler_options(p: argparse.ArgumentParser, note: str = "") -> None:
+    """The sampling options of every command that generates (``note``: when they apply)."""
+    from synthaug.ldm.samplers import sampler_names  # the registry loads without torch: --help stays instant
+
+    p.add_argument("--sampler", type=T.sampler, help=f"auto or a registered sampler ({', '.join(sampler_names())}); "
+                                                     f"default: the bundle's{note}")
+    p.add_argument("--steps", type=T.count(1), help=f"sampling steps (default: the sampler's){note}")
+    p.add_argument("--guidance", type=T.finite(0), help=f"classifier-free text guidance scale (default 1 = unguided){note}")
+    p.add_argument("--class-guidance", type=T.finite(0),
+                   help="class guidance scale: the class against the null class (default: 4 for a bundle trained "
+                        f"with loss.p_null > 0, else 1 = none){note}")
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class-source", choices=["report", "label"],
+                   help="report: the adapter predicts the class from the report (default); label: the requested one")
+    p.add_argument("--report-source", choices=["train", "template", "empty"],
+                   help="where reports come from when none is given (default: train)")
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    """--batch-size and --precision of the commands that generate."""
+    p.add_argument("--batch-size", type=T.count(1), help="volumes per batch (default: the bundle's, 32 at the tiny size)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="the networks' precision (default: the bundle's, auto = bf16 on a CPU with native bf16, "
+                        "fp32 on other CPUs, fp16 on CUDA; fp32 reproduces earlier versions)")
+
+
+def _add_device_option(p: argparse.ArgumentParser, help: str = "cpu (default) or cuda[:N]") -> None:
+    p.add_argument("--device", type=T.device, default="cpu", help=help)
+
+
+def _phantom_parser(sub) -> None:
     p = sub.add_parser("phantom", help="write the procedural prostate-MRI phantom dataset + manifest")
     p.add_argument("--out", type=T.out_folder, required=True, help="output folder (images/ + manifest.jsonl)")
     p.add_argument("--n", type=T.count(1), help="number of cases (default: phantom.n_cases = 200)")
@@ -470,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_phantom)
 
+
+def _data_parser(sub) -> None:
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", metavar="COMMAND",
                                                                        parser_class=_Parser)
     p = data.add_parser("check", help="validate a manifest and its images; print a summary")
@@ -477,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="check files exist and read headers only")
     p.set_defaults(func=cmd_data_check)
 
+
+def _picai_parser(sub) -> None:
     p = sub.add_parser("picai", help="PI-CAI layout (images/*.mha + marksheet.csv) -> manifest")
     p.add_argument("--images", type=Path, required=True, help="folder with {patient_id}/{patient_id}_{study_id}_t2w.mha")
     p.add_argument("--labels", type=Path, required=True, help="picai_labels folder (clinical_information/marksheet.csv)")
@@ -490,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_picai)
 
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train the CCELLA generator (VAE, then LDM) and write a bundle")
     p.add_argument("--data", type=Path, required=True, help="manifest; its 'train' split is used")
     p.add_argument("--out", type=T.out_folder, required=True, help="bundle folder to write")
@@ -497,56 +436,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", type=T.out_folder, help="folder for caches and checkpoints (default: OUT.work)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle / discard checkpoints")
-    p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
+    _add_device_option(p)
     _add_config_options(p)
     p.set_defaults(func=cmd_train)
 
+
+def _generate_parser(sub) -> None:
     p = sub.add_parser("generate", help="sample volumes from a trained bundle: NIfTI + provenance.jsonl + montage.png")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
     p.add_argument("--out", type=T.out_folder, required=True, help="output folder")
     p.add_argument("--n", type=T.count(1), default=4, help="number of volumes (default 4)")
     p.add_argument("--label", default="both", help="0, 1 or both (alternating; default)")
     p.add_argument("--report", help="one report for every volume (default: the report source)")
-    p.add_argument("--report-source", choices=["train", "template", "empty"],
-                   help="where reports come from when --report is not given (default: train)")
-    p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
-    p.add_argument("--steps", type=T.count(1), help="sampling steps (default: all training steps for ddpm, 20 ddim/dpm++, 30 flow)")
+    _add_sampler_options(p)
     p.add_argument("--eta", type=T.finite(0), help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
-    p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1 = unguided)")
-    p.add_argument("--class-guidance", type=T.finite(0),
-                   help="class guidance scale: the class against the null class (default: 4 for a bundle trained "
-                        "with loss.p_null > 0, else 1 = none)")
-    p.add_argument("--class-source", choices=["report", "label"],
-                   help="report: the adapter predicts the class from the report (default); label: use --label")
+    _add_source_options(p)
     p.add_argument("--seed", type=T.count(0), default=0, help="seed of the first volume; volume i uses seed+i")
     _add_batch_options(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw LDM weights instead of the EMA ones")
-    p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
+    _add_device_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_trust_option(p)
     p.set_defaults(func=cmd_generate)
 
+
+def _pregenerate_parser(sub) -> None:
     p = sub.add_parser("pregenerate", help="fill a synthetic cache from a bundle (resumable, shardable)")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder written by `synthaug train`")
     p.add_argument("--out", type=T.out_folder, required=True, help="cache folder (created, or resumed)")
     p.add_argument("--n", "--volumes", dest="n", type=T.count(1), required=True,
                    help="volumes in the cache when every shard is done (under torchrun write --volumes: torchrun "
                         "reads --n as one of its own options)")
-    p.add_argument("--class-balance", default="equal", help="equal (default) or weights, e.g. 0:1,1:2")
-    p.add_argument("--shard", help="I/N: make only shard I of N (run N processes or nodes on one folder); "
-                                   "under torchrun the default is RANK/WORLD_SIZE")
+    p.add_argument("--class-balance", default="equal",
+                   help="equal (default), match_real, fill_minority (these two need --real) or weights, e.g. 0:1,1:2")
+    p.add_argument("--real", type=Path, help="manifest whose train split's class counts match_real and fill_minority "
+                                             "follow")
+    p.add_argument("--shard", type=T.shard, help="I/N: make only shard I of N (run N processes or nodes on one "
+                                                 "folder); under torchrun the default is RANK/WORLD_SIZE")
     _add_batch_options(p)
     p.add_argument("--format", choices=["nifti-gz", "nifti"], default="nifti-gz",
                    help="nifti-gz (default, smaller) or nifti (uncompressed, faster to load)")
     p.add_argument("--seed", type=T.count(0), default=0, help="cache seed: volume seeds derive from it (default 0)")
-    p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="default: the bundle's (auto)")
-    p.add_argument("--steps", type=T.count(1), help="sampling steps (default: the sampler's)")
-    p.add_argument("--guidance", type=T.finite(0), help="classifier-free guidance scale (default 1)")
-    p.add_argument("--class-guidance", type=T.finite(0),
-                   help="class guidance scale (default: 4 for a bundle trained with a null class, else 1 = none)")
-    p.add_argument("--class-source", choices=["report", "label"], help="default: report")
-    p.add_argument("--report-source", choices=["train", "template", "empty"], help="default: train")
+    _add_sampler_options(p)
+    _add_source_options(p)
     p.add_argument("--allow-foreign", action="store_true", help="write into a cache made by another bundle")
+    _add_filter_options(p)
+    _add_trust_option(p)
+    _add_device_option(p)
+    p.set_defaults(func=cmd_pregenerate)
+
+
+def _add_filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--filter", metavar="train|WEIGHTS",
                    help="keep only volumes a real-data classifier gives the requested class: 'train' trains one on "
                         "--filter-data's train split, or a classifiers model's .safetensors weights")
@@ -555,11 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter-confidence", type=T.finite(), default=0.8,
                    help="keep a volume when P(requested class) >= this, in (0.5, 1) (default 0.8)")
     p.add_argument("--filter-epochs", type=T.count(1), default=10, help="epochs of --filter train (default 10)")
-    p.add_argument("--filter-crop", help="X,Y,Z: the filter sees a centred box of this many voxels")
-    _add_trust_option(p)
-    p.add_argument("--device", type=T.device, default="cpu", help="cpu (default) or cuda[:N]")
-    p.set_defaults(func=cmd_pregenerate)
+    p.add_argument("--filter-crop", type=T.crop, help="X,Y,Z: the filter sees a centred box of this many voxels")
 
+
+def _cache_parser(sub) -> None:
     cache = sub.add_parser("cache", help="synthetic cache tools").add_subparsers(dest="cache_command", metavar="COMMAND",
                                                                                 parser_class=_Parser)
     p = cache.add_parser("verify", help="check every volume against the manifest (missing, corrupt, duplicates)")
@@ -569,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache", type=Path, help="cache folder")
     p.set_defaults(func=cmd_cache_info)
 
+
+def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="quality of synthetic volumes: FID/KID (3D, 2.5D), diversity, memorisation, "
                                         "conditioning fidelity, montages")
     p.add_argument("--real", type=Path, required=True, help="manifest of the real data")
@@ -578,10 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-protocol", action="store_true",
                    help="instead of a cache: one synthetic volume per real case of --split, from its report (--bundle)")
     p.add_argument("--bundle", type=Path, help="bundle for --paper-protocol")
-    p.add_argument("--sampler", choices=["auto", "ddpm", "ddim", "dpm++", "flow"], help="for --paper-protocol")
-    p.add_argument("--steps", type=T.count(1), help="for --paper-protocol")
-    p.add_argument("--guidance", type=T.finite(0), help="for --paper-protocol")
-    p.add_argument("--class-guidance", type=T.finite(0), help="for --paper-protocol (default: the bundle's)")
+    _add_sampler_options(p, note="; for --paper-protocol")
     p.add_argument("--device", type=T.device, help="for --paper-protocol generation: cpu or cuda[:N]")
     p.add_argument("--medicalnet", type=Path, help="MedicalNet ResNet-50 weights (local file) for 3D FID")
     p.add_argument("--radimagenet", type=Path, help="RadImageNet ResNet-50 weights (local file) for 2.5D FID")
@@ -595,32 +533,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "trained on the real train split; default) or seeded (random weights)")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _sweep_parser(sub) -> None:
+    """Options are named like ``SweepSettings``' fields (``_sweep_settings`` maps them by name)."""
     p = sub.add_parser("sweep", help="Optuna study of the synthetic:real ratio -> classifier metrics, with statistics")
     p.add_argument("--data", type=Path, required=True, help="manifest with train, val and test splits")
-    p.add_argument("--synthetic", required=True,
+    p.add_argument("--synthetic", type=T.comma_list, required=True,
                    help="cache folder (pregenerate) or bundle folder; several, comma-separated, are compared as a "
                         "dimension of the grid (e.g. caches made at guidance 1, 2 and 4), named by their settings")
     p.add_argument("--out", type=T.out_folder, required=True, help="output folder (study.db, trials.csv, report.md, ...)")
-    p.add_argument("--ratios", default="0,0.25,0.5,1,2,4,synthetic-only", help="grid (default: %(default)s)")
+    p.add_argument("--ratios", type=T.comma_list, help="grid of constant ratios (default: 0,0.25,0.5,1,2,4,synthetic-only)")
     p.add_argument("--schedules", default="constant",
                    help="ratio schedules crossed with the ratios: constant, decay (linear from the ratio to 0 over "
                         "the run), cosine, pretrain:K (synthetic only for K epochs, then real only; one arm) "
                         "(default: %(default)s)")
     p.add_argument("--search", choices=["grid", "tpe"], default="grid", help="grid (default) or TPE on a log range")
-    p.add_argument("--ratio-range", help="MIN:MAX for --search tpe (default 0.1:4)")
-    p.add_argument("--trials", type=T.count(1), default=10, help="trials for --search tpe (default 10)")
+    p.add_argument("--ratio-range", type=T.ratio_range, help="MIN:MAX for --search tpe (default 0.1:4)")
+    p.add_argument("--trials", dest="n_trials", type=T.count(1), default=10, help="trials for --search tpe (default 10)")
     p.add_argument("--tune-lr", action="store_true", help="also search the learning rate")
     p.add_argument("--tune-epochs", action="store_true", help="also search the number of epochs")
     p.add_argument("--seeds", type=T.count(1), default=5, help="classifiers per ratio (default 5)")
-    p.add_argument("--models", "--model", dest="models", default="efficientnet-b0",
+    p.add_argument("--models", "--model", dest="models", type=T.comma_list, default="efficientnet-b0",
                    help="classifiers, comma-separated: every arm trains with each, one table per classifier "
                         "(default: efficientnet-b0, the paper's)")
     p.add_argument("--epochs", type=T.count(1), default=30)
     p.add_argument("--batch-size", type=T.count(1), default=4)
     p.add_argument("--lr", type=T.finite(0, above=True), default=1e-4)
     p.add_argument("--patience", type=T.count(1), default=10, help="early-stopping patience in epochs")
-    p.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels (default: all)")
-    p.add_argument("--no-prune", action="store_true",
+    p.add_argument("--crop", type=T.crop, help="X,Y,Z: the classifier sees a centred box of this many voxels (default: all)")
+    p.add_argument("--no-prune", dest="prune", action="store_false",
                    help="train every seed of every arm (no median pruner within each classifier)")
     p.add_argument("--samples-per-epoch", type=T.count(0),
                    help="items per epoch for every ratio, so that ratios get equal optimiser steps "
@@ -636,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.set_defaults(func=cmd_sweep)
 
+
+def _demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="everything on the embedded phantom on a CPU: data, train, pregenerate, "
                                     "evaluate, sweep, report")
     p.add_argument("--out", type=T.out_folder, default="demo_out", help="output folder (default: demo_out)")
@@ -643,12 +586,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo every stage (default: reuse finished ones)")
     p.set_defaults(func=cmd_demo)
 
+
+def _config_parser(sub) -> None:
     config = sub.add_parser("config", help="configuration tools").add_subparsers(dest="config_command",
                                                                                  metavar="COMMAND", parser_class=_Parser)
     p = config.add_parser("show", help="print the resolved configuration (a valid config file)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     _add_config_options(p)
     p.set_defaults(func=cmd_config_show)
+
+
+COMMANDS = (_phantom_parser, _data_parser, _picai_parser, _train_parser, _generate_parser, _pregenerate_parser,
+            _cache_parser, _evaluate_parser, _sweep_parser, _demo_parser, _config_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from synthaug import __version__
+
+    parser = _Parser(prog="synthaug", description="Synthetic 3D MRI (CCELLA latent diffusion) for classifier training.")
+    parser.add_argument("--version", action="version", version=f"synthaug {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 

@@ -73,6 +73,53 @@ def device_or_auto(text: str) -> str:
     return text if text == "auto" else device(text)
 
 
+def comma_list(text: str) -> list[str]:
+    """A comma-separated option as its parts (ratios, models, sources; each checked by its owner)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def crop(text: str) -> tuple[int, int, int]:
+    """``X,Y,Z``: a centred box of this many voxels."""
+    try:
+        box = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 3 or min(box) < 1:
+        raise argparse.ArgumentTypeError(f"crop {text!r} is not X,Y,Z voxels, e.g. 32,32,16")
+    return box  # type: ignore[return-value]
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``I/N``: shard I of N, 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"shard {text!r} is not I/N with 0 <= I < N, e.g. 0/4")
+    return i, n
+
+
+def ratio_range(text: str) -> tuple[float, float]:
+    """``MIN:MAX`` of a log-uniform ratio search (the range itself is checked by ``SweepSettings.check``)."""
+    low, _, high = text.partition(":")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratio range {text!r} is not MIN:MAX, e.g. 0.1:4") from None
+
+
+def sampler(text: str) -> str:
+    """``auto`` or a sampler of the registry (``synthaug.ldm.samplers``, which loads without torch)."""
+    if text == "auto":
+        return text
+    from synthaug.ldm.samplers import sampler_names
+
+    if text not in sampler_names():
+        raise argparse.ArgumentTypeError(f"unknown sampler {text!r}; choose auto, {', '.join(sampler_names())}")
+    return text
+
+
 def _check_writable(path: Path) -> None:
     """The nearest existing folder above ``path`` must be a folder we may write in."""
     parent = path.parent

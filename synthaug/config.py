@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from synthaug.errors import ConfigError
+from synthaug.ldm.samplers import sampler_names
 
 Modality = Literal["t2w", "adc", "hbv"]
 LabelRule = Literal["pirads3", "pirads4", "cspca"]
@@ -214,7 +215,6 @@ class DiffusionConfig(_Section):
     prediction: Literal["eps", "v", "flow"] = "eps"
 
 
-Sampler = Literal["auto", "ddpm", "ddim", "dpm++", "flow"]
 # The class guidance a model with a null class samples with by default: at the demo's budget its volumes then
 # carry their class (judge AUROC 0.88 against the requested class, 0.54 at 1; benchmarks/bench_class_signal.py).
 CLASS_GUIDANCE = 4.0
@@ -223,8 +223,10 @@ CLASS_GUIDANCE = 4.0
 class SampleConfig(_Section):
     """Generation defaults (``synthaug generate`` / ``CCELLAGenerator``); each can be overridden per call."""
 
-    sampler: Sampler = "auto"  # auto: ddim for eps/v models, flow for flow models
-    steps: int | None = Field(None, ge=1)  # None: every training step for ddpm, 20 for ddim/dpm++, 30 for flow
+    # A registered sampler (synthaug.ldm.samplers.sampler_names()) or auto: the one registered for the model's
+    # objective (ddim for eps/v models, flow for flow models).
+    sampler: str = "auto"
+    steps: int | None = Field(None, ge=1)  # None: the sampler's default_steps (every training step for ddpm)
     # DDIM noise: 1 = DDPM's posterior variance, which matches DDPM-1000's FID at 10-20 steps where the
     # deterministic samplers (eta 0, dpm++) lose 65-84% (benchmarks/bench_sampling.py); 0 = deterministic DDIM.
     eta: float = Field(1.0, ge=0.0)
@@ -246,6 +248,14 @@ class SampleConfig(_Section):
     # native bf16 (oneDNN; with batch 32, 1.8x fp32 at batch 4 here), fp32 on other CPUs, fp16 on CUDA.
     # Volumes agree with fp32 within the tolerance in benchmarks/README.md; fp32 reproduces earlier versions.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _registered(cls, v: Any) -> Any:
+        names = ("auto", *sampler_names())
+        if v not in names:  # worded as pydantic words a Literal's refusal
+            raise ValueError(f"Input should be {', '.join(repr(n) for n in names[:-1])} or {names[-1]!r}")
+        return v
 
     def with_options(self, **options: Any) -> SampleConfig:
         """A copy with the options that are not None, validated like a config file (one place for every check)."""

@@ -19,7 +19,6 @@ from datetime import timedelta
 import torch
 import torch.distributed as torch_dist
 
-
 # Rank 0 trains the VAE and encodes the data set alone while the other ranks wait at a barrier: hours at
 # the paper's size, far past torch's default collective timeout (10 min for NCCL).
 TIMEOUT = timedelta(hours=24)
@@ -95,3 +94,17 @@ class Dist:
         """This rank's contiguous share of a global batch of ``n`` (``n`` must divide evenly)."""
         per = n // self.world
         return slice(self.rank * per, (self.rank + 1) * per)
+
+
+def torchrun_shard() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) when started by torchrun with more than one process, else None: the shard of a
+    job (``synthaug pregenerate``) that each process makes on its own, without a process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def process_device(device: str) -> str:
+    """``cuda`` under torchrun becomes this process's own GPU (``cuda:LOCAL_RANK``); other devices stay."""
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+    return device

@@ -79,7 +79,7 @@ class CCELLAGenerator:
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
                  class_guidance: float | None = None, ema: bool = True, class_source: str | None = None,
                  report_source: str | None = None, batch_size: int | None = None, precision: str | None = None,
-                 text_encoder=None) -> None:  # noqa: ANN001
+                 text_encoder=None) -> None:
         settings = bundle.config.sample.with_options(
             sampler=sampler, steps=steps, eta=eta, guidance=guidance, class_guidance=class_guidance,
             class_source=class_source, report_source=report_source, batch_size=batch_size, precision=precision)
@@ -141,7 +141,7 @@ class CCELLAGenerator:
     # ------------------------------------------------------------ text
 
     @property
-    def text_encoder(self):  # noqa: ANN201 - synthaug.text.TextEncoder
+    def text_encoder(self):  # synthaug.text.TextEncoder
         """The bundle's frozen text encoder, loaded on first use and checked against the bundle's fingerprint."""
         if self._encoder is None:
             from synthaug.text.encoder import TextEncoder

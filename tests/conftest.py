@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from synthaug.threads import choose_wait_policy  # noqa: E402 - imports neither torch nor numpy
 
 # As the synthaug command does (synthaug/cli.py), before torch starts OpenMP: on a busy machine idle threads

@@ -131,9 +131,9 @@ def test_training_reduces_the_loss():
     cfg = tiny(steps=30, lr=2e-3, batch_size=2)
     seen = []
     history = train_autoencoder(build_autoencoder(cfg, seed=0), smooth_volumes(4), cfg, precision="bf16", seed=0,
-                                progress=lambda step, total, rec: seen.append((step, total)))
+                                progress=lambda stage, step, total, rec: seen.append((stage, step, total)))
     losses = [r["loss"] for r in history]
-    assert len(history) == 30 and seen[-1] == (30, 30)
+    assert len(history) == 30 and seen[-1] == ("autoencoder", 30, 30)
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
@@ -164,7 +164,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, precision,
     with pytest.raises(TrainingInterrupted, match="autoencoder step 3; checkpoint saved"):
         train_autoencoder(stopped, vols, cfg, precision=precision, seed=5, checkpoints=tmp_path / "ck", run_key="k",
                           checkpoint_every=100, should_stop=lambda: "SIGINT" if len(steps_seen) == 3 else None,
-                          progress=lambda step, total, record: steps_seen.append(step))
+                          progress=lambda stage, step, total, record: steps_seen.append(step))
     resumed = build_autoencoder(cfg, seed=0)  # a new process: fresh weights, state from the checkpoint only
     history = train_autoencoder(resumed, vols, cfg, precision=precision, seed=5, checkpoints=tmp_path / "ck",
                                 run_key="k", resume=True)
@@ -265,7 +265,9 @@ def test_perceptual_term_from_a_local_resnet50(tmp_path):
     path = tmp_path / "resnet50.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     cfg = tiny(perceptual_weight=0.1, perceptual_weights=str(path))
+    rng = torch.get_rng_state()
     perceptual = build_perceptual_loss(cfg)
+    assert torch.equal(torch.get_rng_state(), rng)  # its throwaway initial weights come from a forked RNG
     x = torch.stack(smooth_volumes(1))
     recon = (x + 0.2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
     mu, sigma = torch.zeros(1, 4, 8, 8, 4), torch.ones(1, 4, 8, 8, 4)

@@ -64,7 +64,7 @@ def test_no_teacher_forcing_is_exactly_the_reference_step(tmp_path):
     assert torch.equal(ours.generator.get_state(), reference.generator.get_state())  # no extra draw
 
 
-def class_inputs(trainer: LDMTrainer, steps: int, between=None) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def class_inputs(trainer: LDMTrainer, steps: int, between=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The class inputs (steps * B, 2) the U-Net received in ``steps`` training steps, and the batches' labels."""
     seen, labels = [], []
     handle = trainer.model.unet.register_forward_pre_hook(lambda m, args: seen.append(args[3].detach().clone()))

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from classifiers import ClassifierError, models, build_model, list_models, register_model
+from classifiers import ClassifierError, build_model, list_models, models, register_model
 
 
 def test_list_models_names_the_registry():

@@ -60,7 +60,7 @@ def options_of_type(kinds: tuple) -> list[tuple[str, str]]:
     return found
 
 
-def run(args: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
+def run(args: list[str], capsys) -> tuple[int, str]:
     code = main(args)  # usage errors return their exit code too
     return code, capsys.readouterr().err
 
@@ -150,7 +150,7 @@ def test_the_library_checks_sampling_options_like_the_config(small_bundle):
 # ------------------------------------------------------------------ damaged bundles
 
 
-def _damaged(bundle: Path, tmp_path: Path, damage) -> Path:  # noqa: ANN001
+def _damaged(bundle: Path, tmp_path: Path, damage) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
     damage(copy)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from synthaug.demo_report import ratio_table
+from synthaug.apps.demo.report import ratio_table
 from tests.test_generate import in_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_rerun_reuses_finished_stages(quick_demo, capsys):
     assert "reused" in done.stdout
 
 
-def run_readme_example(name: str, small_phantom, small_cache, tmp_path, monkeypatch) -> dict:  # noqa: ANN001
+def run_readme_example(name: str, small_phantom, small_cache, tmp_path, monkeypatch) -> dict:
     """Run the README's ``<!-- example: NAME -->`` block in a folder laid out like the demo's; its namespace."""
     readme = (ROOT / "README.md").read_text()
     code = re.search(rf"<!-- example: {name} -->\s*```python\n(.*?)```", readme, re.S).group(1)

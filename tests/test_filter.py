@@ -28,7 +28,7 @@ class EveryOtherFilter:
     def describe(self) -> dict:
         return {"model": "every-other", "weights_sha256": "0" * 64, "confidence": self.confidence, "crop": None}
 
-    def probabilities(self, paths, labels) -> list[float]:  # noqa: ANN001
+    def probabilities(self, paths, labels) -> list[float]:
         names = [p.name.split(".")[1] for p in paths]  # .syn-l{c}-{j}.xxx.staged.nii.gz
         self.seen += names
         return [0.9 if int(n.rsplit("-", 1)[1]) % 2 else 0.1 for n in names]
@@ -62,7 +62,7 @@ def test_a_killed_filtered_run_resumes_to_the_exact_count(generator, tmp_path):
     real_make = cache.make
     calls = []
 
-    def dies_on_second_batch(*args, **kwargs):  # noqa: ANN002, ANN003
+    def dies_on_second_batch(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
@@ -86,7 +86,7 @@ def test_a_killed_filtered_run_resumes_to_the_exact_count(generator, tmp_path):
 
 def test_a_filter_that_keeps_nothing_stops_with_one_error(generator, tmp_path):
     class NoFilter(EveryOtherFilter):
-        def probabilities(self, paths, labels):  # noqa: ANN001
+        def probabilities(self, paths, labels):
             return [0.0] * len(paths)
 
     vf = NoFilter()
@@ -108,7 +108,7 @@ def test_a_trained_filter_keeps_volumes_of_the_requested_class(small_phantom, sm
     assert all(0 <= p <= 1 for p in probs) and all(abs(p + q - 1) < 1e-6 for p, q in zip(probs, flipped))
 
 
-def sure_of_class_1(path) -> None:  # noqa: ANN001
+def sure_of_class_1(path) -> None:
     """tiny-cnn weights whose every answer is class 1 with P ~ 1 (zeroed last layer, bias +-10)."""
     from classifiers import build_model
     from synthaug.data.io import save_weights

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthaug.data.io import read_volume
 from synthaug.cli import main
+from synthaug.data.io import read_volume
 from synthaug.errors import InputError
 from synthaug.generate import CCELLAGenerator
 from synthaug.ldm.bundle import CONFIG_FILE, LDM_EMA_FILE, load_bundle
@@ -98,13 +98,13 @@ def test_deterministic_ddim_repeats_exactly(generator):
     assert torch.equal(a.volumes, b.volumes)
 
 
-def _point(generator: CCELLAGenerator, reports: list[str]):  # noqa: ANN202
+def _point(generator: CCELLAGenerator, reports: list[str]):
     """Conditioning for labels [1, 0] with ``reports``, and a fixed point (x, t) of the reverse chain."""
     cond = generator._conditioning([1, 0], reports)
     return cond, torch.randn(2, 4, 8, 8, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 20])
 
 
-def _unet_batches(ldm, cond, *scales: float) -> list[int]:  # noqa: ANN001
+def _unet_batches(ldm, cond, *scales: float) -> list[int]:
     """The batch size of each U-Net call that one guided prediction of 2 cases makes with (guidance, class guidance)."""
     sizes = []
     handle = ldm.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
@@ -149,6 +149,23 @@ def test_class_guidance_pushes_the_class_against_the_null_class(generator, small
     b = guided.generate([1], reports=[REPORT], seeds=[3])
     assert not torch.allclose(a.volumes, b.volumes)
     assert b.provenance[0]["class_guidance"] == 3.0 and a.provenance[0]["class_guidance"] == 1.0
+
+
+def test_the_generator_passes_both_guidance_scales_to_every_sampler_step(small_bundle, monkeypatch):
+    from synthaug.ldm import sampling
+
+    seen = []
+
+    def spy(ldm, x, t, cond, guidance, class_guidance=1.0):  # the prediction each sampler step is given
+        seen.append((guidance, class_guidance))
+        return guided_prediction(ldm, x, t, cond, guidance, class_guidance)
+
+    monkeypatch.setattr(sampling, "guided_prediction", spy)
+    guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=3, guidance=2.5, class_guidance=3.0,
+                                         batch_size=1)
+    out = guided.generate([0, 1], seeds=[1, 2])
+    assert seen == [(2.5, 3.0)] * 6  # 3 steps for each of the 2 batches
+    assert [(p["guidance"], p["class_guidance"]) for p in out.provenance] == [(2.5, 3.0)] * 2
 
 
 def test_class_guidance_defaults_to_4_with_a_null_class_and_1_without(small_bundle):
@@ -258,7 +275,7 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in (out / "provenance.jsonl").read_text().splitlines()]
     assert [r["seed"] for r in rows] == [7, 8, 9] and all(r["label"] == 1 and r["guidance"] == 2.0 for r in rows)
-    assert all(r["eta"] == 1.0 for r in rows) and "ddim, 2 steps, eta 1, guidance 2.0" in done.stdout  # the default eta
+    assert all(r["eta"] == 1.0 for r in rows) and "ddim x 2, eta 1, guidance 2.0" in " ".join(done.stdout.split())  # the default eta
     volume = read_volume(out / rows[0]["file"])
     assert volume.array.shape == (32, 32, 16) and np.allclose(np.diag(volume.affine)[:3], [3.0, 3.0, 6.0])
     assert (out / "montage.png").read_bytes()[:4] == b"\x89PNG"

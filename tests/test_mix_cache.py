@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ import pytest
 from synthaug.data.io import read_volume
 from synthaug.errors import InputError
 from synthaug.generate import CCELLAGenerator
-from synthaug.mix.cache import CACHE_FILE, MANIFEST_FILE, SyntheticCache, class_counts, volume_id
+from synthaug.mix.balance import pregeneration_quotas
+from synthaug.mix.cache import CACHE_FILE, MANIFEST_FILE, SyntheticCache, volume_id
 from tests.test_cli import assert_one_line_error, synthaug
 
 FAST = ["--sampler", "ddim", "--steps", "2", "--precision", "fp32"]
@@ -229,9 +231,10 @@ def test_bad_input_is_one_clear_error(small_bundle, small_cache, tmp_path):
     with pytest.raises(InputError, match="not valid JSON"):
         SyntheticCache(tmp_path / "bad.json")
     with pytest.raises(InputError, match="n must be >= 0"):
-        class_counts(-1)
+        pregeneration_quotas(-1)
     assert_one_line_error(synthaug("cache", "info", tmp_path), "no cache.json")
-    for args, match in ((["--shard", "2/2"], "shard"), (["--class-balance", "most"], "class balance")):
+    for args, match in ((["--shard", "2/2"], "shard"), (["--class-balance", "most"], "class balance"),
+                        (["--class-balance", "match_real"], "--real")):
         done = synthaug("pregenerate", "--bundle", small_bundle, "--out", tmp_path / "x", "--n", "2", *args)
         assert_one_line_error(done, match)
     assert not (tmp_path / "x").exists()
@@ -254,3 +257,16 @@ def test_torchrun_ranks_fill_one_cache_like_a_single_process(small_bundle, tmp_p
         assert done.returncode == 0, done.stderr[-2000:]
     a, b = SyntheticCache(tmp_path / "ranks"), SyntheticCache(tmp_path / "single")
     assert len(a) == 8 and {k: r["sha256"] for k, r in a.rows().items()} == {k: r["sha256"] for k, r in b.rows().items()}
+
+
+def test_pregenerate_follows_the_real_classes_with_match_real(small_bundle, small_phantom, tmp_path):
+    """Every class-balance mode works in the command too: match_real takes the train split's proportions."""
+    from synthaug.data.manifest import load_manifest
+
+    labels = [case["label"] for case in load_manifest(small_phantom).items("train")]
+    assert labels.count(0) != labels.count(1)  # else match_real could not be told from equal
+    done = synthaug("pregenerate", "--bundle", small_bundle, "--out", tmp_path / "c", "--n", "10", *FAST,
+                    "--class-balance", "match_real", "--real", small_phantom)
+    assert done.returncode == 0, done.stderr
+    made = Counter(row["label"] for row in SyntheticCache(tmp_path / "c").rows().values())
+    assert made == Counter({c: round(10 * labels.count(c) / len(labels)) for c in (0, 1)})

@@ -160,7 +160,7 @@ def test_close_stops_generation_after_its_batch_and_joins_the_thread(real, small
     generator.generate = slow
     with SyntheticMixDataset(real, generator, ratio=1.0, cache_dir=tmp_path / "c") as ds:
         assert started.wait(timeout=60)
-    assert ds._producer is None and not any(t.name == "synthaug-producer" for t in threading.enumerate())
+    assert ds.pool._producer is None and not any(t.name == "synthaug-producer" for t in threading.enumerate())
     assert 1 <= len(calls) < len(ds.synthetic_ids)  # stopped after the batch in progress, not at the end
     assert len(SyntheticCache(tmp_path / "c")) == len(calls)  # what was made is kept, whole
 
@@ -213,7 +213,7 @@ def test_a_generation_failure_reaches_loader_workers(real, small_bundle, tmp_pat
 
 
 def test_a_short_pool_without_generation_repeats_with_a_warning(real, small_cache, caplog):
-    with caplog.at_level(logging.WARNING, logger="synthaug.mix.dataset"):
+    with caplog.at_level(logging.WARNING, logger="synthaug.mix.sources"):
         ds = SyntheticMixDataset(real, small_cache, ratio=2.0, class_balance="equal")
     assert len(ds) == 3 * len(real) and "repeating" in caplog.text
 

@@ -10,7 +10,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from synthaug.data.manifest import load_manifest
 from synthaug.errors import InputError
 from synthaug.mix import SyntheticMixDataset
-from synthaug.mix.schedule import SYNTHETIC_ONLY, arm_schedules, parse_schedule, parse_templates
+from synthaug.mix.ratio import Ratio
+from synthaug.mix.schedule import arm_schedules, parse_schedule, parse_templates
+
+SYNTHETIC_ONLY = Ratio.synthetic_only().label
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,18 @@ import pytest
 import torch
 
 from synthaug.config import DiffusionConfig, SampleConfig
-from synthaug.errors import InputError
-from synthaug.ldm.sampling import DEFAULT_STEPS, build_sampler, resolve_sampler, training_scheduler, training_target
+from synthaug.errors import ConfigError, InputError
+from synthaug.ldm import samplers
+from synthaug.ldm.sampling import (
+    Sampler,
+    build_sampler,
+    default_steps,
+    register_sampler,
+    resolve_sampler,
+    sampler_names,
+    training_scheduler,
+    training_target,
+)
 
 MU, SIGMA = 0.5, 0.8  # the "data": every voxel ~ N(MU, SIGMA^2), independent
 SHAPE = (8, 1, 10, 10, 10)  # 8000 values in 8 samples
@@ -98,7 +108,7 @@ def test_flow_training_target_is_the_straight_path_velocity():
 def test_sampler_choice_and_bad_settings():
     assert resolve_sampler("auto", "eps") == "ddim" and resolve_sampler("auto", "flow") == "flow"
     assert resolve_sampler("auto", "v") == "ddim" and SampleConfig().eta == 1.0  # stochastic DDIM by default
-    assert build_sampler("auto", DiffusionConfig()).steps == DEFAULT_STEPS["ddim"]
+    assert build_sampler("auto", DiffusionConfig()).steps == default_steps("ddim", DiffusionConfig()) == 20
     assert build_sampler("ddpm", DiffusionConfig()).steps == 1000
     short = DiffusionConfig(num_train_timesteps=16)  # defaults follow the model's own number of steps
     assert build_sampler("ddpm", short).steps == 16 and build_sampler("dpm++", short).steps == 16
@@ -113,6 +123,36 @@ def test_sampler_choice_and_bad_settings():
             build_sampler("ddim", DiffusionConfig(), steps)
     with pytest.raises(InputError, match="eta"):
         build_sampler("ddim", DiffusionConfig(), 10, eta=-1)
+
+
+def test_the_registry_names_every_sampler_and_builds_a_new_one_by_name(monkeypatch):
+    assert sampler_names() == ("ddpm", "ddim", "dpm++", "flow")
+    with pytest.raises(InputError) as unknown:
+        build_sampler("euler", DiffusionConfig())
+    assert unknown.value.fix == "choose one of ddpm, ddim, dpm++, flow"
+    with pytest.raises(InputError) as mismatch:
+        build_sampler("flow", DiffusionConfig())
+    assert mismatch.value.fix == "use 'flow' for flow-trained bundles and ddpm/ddim/dpm++ otherwise (or 'auto')"
+    with pytest.raises(ConfigError, match="Input should be 'auto', 'ddpm', 'ddim', 'dpm\\+\\+' or 'flow'"):
+        SampleConfig().with_options(sampler="euler")
+
+    monkeypatch.setattr(samplers, "_SAMPLERS", dict(samplers._SAMPLERS))  # this test's registrations end with it
+
+    @register_sampler
+    class Euler(Sampler):  # a new sampler is one decorated class: name, default steps, objectives, constructor
+        name, default_steps, predictions = "euler", 7, ("flow",)
+
+        def set_timesteps(self, n: int) -> None:
+            self.timesteps = list(range(n, 0, -1))
+
+    flow = DiffusionConfig(prediction="flow")
+    assert "euler" in sampler_names() and SampleConfig().with_options(sampler="euler").sampler == "euler"
+    assert isinstance(build_sampler("euler", flow), Euler) and build_sampler("euler", flow).steps == 7
+    assert resolve_sampler("auto", "flow") == "flow"  # auto keeps its choice: Euler claims no objective
+    with pytest.raises(InputError, match="cannot sample"):
+        build_sampler("euler", DiffusionConfig())
+    with pytest.raises(ValueError, match="already registered"):
+        register_sampler(Euler)
 
 
 def test_eps_and_v_training_targets():

@@ -11,9 +11,9 @@ from collections import Counter
 
 import pytest
 
+from synthaug.apps.sweep.statistics import holm, mean_ci, paired_difference
 from synthaug.data.manifest import load_manifest
 from synthaug.errors import InputError
-from synthaug.sweep_report import holm, mean_ci, paired_difference
 from tests.test_cli import assert_one_line_error
 from tests.test_generate import in_process
 
@@ -89,8 +89,8 @@ def test_two_caches_and_two_models_cover_the_grid_once_on_their_own_items(small_
     assert "## tiny-cnn" in report and "## resnet10" in report and (out / "arms_heatmap.png").is_file()
     assert "Holm" in report and "count-matched real control" in report and "CAS" in report
 
-    from synthaug.sweep import items_file
-    from synthaug.sweep_arms import Arm
+    from synthaug.apps.sweep.arms import Arm
+    from synthaug.apps.sweep.objective import items_file
 
     train_ids = sorted(r["case_id"] for r in load_manifest(small_phantom).items("train"))
     for model in ("tiny-cnn", "resnet10"):
@@ -110,9 +110,9 @@ def test_two_caches_and_two_models_cover_the_grid_once_on_their_own_items(small_
 def test_the_pruner_compares_arms_of_one_classifier_only():
     import optuna
 
-    from synthaug.sweep import PerModelMedianPruner
+    from synthaug.apps.sweep.study import PerModelMedianPruner
 
-    def trial(model: str, value: float, done: bool = True, real_only: bool = False):  # noqa: ANN202
+    def trial(model: str, value: float, done: bool = True, real_only: bool = False):
         state = optuna.trial.TrialState.COMPLETE if done else optuna.trial.TrialState.RUNNING
         return optuna.trial.create_trial(state=state, value=value if done else None, intermediate_values={0: value},
                                          user_attrs={"model": model, "real_only": real_only})
@@ -212,10 +212,30 @@ def test_a_bundle_trained_on_a_held_out_case_is_refused(small_phantom, small_bun
 
 
 def test_settings_check_refuses_an_empty_grid():
-    from synthaug.sweep import SweepSettings
+    from synthaug.apps.sweep import SweepSettings
 
     with pytest.raises(InputError, match="empty"):
         SweepSettings(ratios=[]).check()
+
+
+def test_grid_labels_and_arm_keys_are_the_ones_studies_and_reports_already_hold():
+    """Optuna grid values and summary.json keys are these strings: a resumed study must find its arms again."""
+    from synthaug.apps.sweep import DEFAULT_GRID, SweepSettings
+    from synthaug.apps.sweep.arms import Arm, arm_order
+    from synthaug.apps.sweep.settings import ratio_label
+
+    settings = SweepSettings(models=("tiny-cnn",), schedules=("constant", "decay", "pretrain:3"))
+    settings.check()
+    assert DEFAULT_GRID[-1] == "synthetic-only" and ratio_label(float("inf")) == "synthetic-only"
+    assert settings.ratios == ("0", "0.25", "0.5", "1", "2", "4", "synthetic-only")
+    arms = sorted(settings.arms(["cache"]), key=arm_order)
+    assert [a.key for a in arms] == [
+        "tiny-cnn||0", *(f"tiny-cnn|cache|{r}" for r in ("0.25", "0.5", "1", "2", "4", "synthetic-only")),
+        *(f"tiny-cnn|cache|linear:{r}" for r in ("0.25", "0.5", "1", "2", "4")), "tiny-cnn|cache|pretrain:3"]
+    roles = {a.schedule: a.role for a in arms}
+    assert roles["0"].startswith("real only") and roles["synthetic-only"].startswith("synthetic only: CAS")
+    assert roles["0.5"] == "real + synthetic at 0.5:1" and roles["pretrain:3"].startswith("pretrain on synthetic")
+    assert Arm("tiny-cnn", "cache", "2").role == "real + synthetic at 2:1"
 
 
 def test_tpe_search_on_a_log_range(small_phantom, small_cache, tmp_path, capsys):
@@ -229,3 +249,27 @@ def test_tpe_search_on_a_log_range(small_phantom, small_cache, tmp_path, capsys)
     for row in summary["per_arm"].values():  # the learning rate and epochs were searched too
         assert 1e-5 <= row["params"]["lr"] <= 1e-3 and row["params"]["epochs"] in (1, 2)
     assert "real-only (ratio 0) was not run" in summary["verdict"]
+
+
+def test_the_arm_s_ratio_sets_its_training_items(small_phantom, small_cache, tmp_path):
+    """The sweep's ratio is what changes between arms: the training set of each arm holds the real training
+    cases and ratio x as many synthetic volumes (real only: none; synthetic only: no real)."""
+    from synthaug.apps.sweep import SweepSettings
+    from synthaug.apps.sweep.arms import Arm
+    from synthaug.apps.sweep.inputs import prepare
+    from synthaug.apps.sweep.objective import train_set
+
+    settings = SweepSettings(ratios=(0, 0.25, 0.5, "synthetic-only"), models=("tiny-cnn",), seeds=1, epochs=1)
+    settings.check()
+    data = prepare(small_phantom, small_cache, tmp_path, settings)
+    source, n_real = next(iter(data.sources)), len(data.real_train)
+    seen = {}
+    for arm in settings.arms([source]):
+        train = train_set(arm, data, settings, seed=0, epochs=1)
+        seen[arm.schedule] = {kind: sum(train.summary()[kind].values()) for kind in ("real", "synthetic")}
+        assert len(train) == sum(seen[arm.schedule].values())
+    assert seen["0"] == {"real": n_real, "synthetic": 0}
+    for ratio in (0.25, 0.5):
+        assert seen[str(ratio)]["real"] == n_real and abs(seen[str(ratio)]["synthetic"] - ratio * n_real) < 1
+    assert seen["synthetic-only"]["real"] == 0 and seen["synthetic-only"]["synthetic"] > 0
+    assert Arm("tiny-cnn", "", "0").is_real_only

@@ -120,6 +120,29 @@ def test_default_model_loads_offline(no_network: None) -> None:
     assert alias.fingerprint == encoder.fingerprint and alias.model_id == "all-MiniLM-L6-v2"
 
 
+def test_loading_hides_transformers_progress_bars_and_then_restores_them(no_network, monkeypatch) -> None:
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    while_loading = []
+    from_pretrained = transformers.AutoModel.from_pretrained
+
+    def spy(*args, **kwargs):
+        while_loading.append(hf_logging.is_progress_bar_enabled())
+        return from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", spy)
+    before = hf_logging.is_progress_bar_enabled()
+    try:
+        for enabled in (True, False):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            TextEncoder.from_config(TextConfig()).load()
+            assert hf_logging.is_progress_bar_enabled() is enabled  # the caller's setting, as it was
+    finally:
+        (hf_logging.enable_progress_bar if before else hf_logging.disable_progress_bar)()
+    assert while_loading == [False, False]
+
+
 def test_batching_and_padding_do_not_change_features(minilm: TextEncoder) -> None:
     small = TextEncoder.from_config(TextConfig(batch_size=3))
     features, mask = small.encode(REPORTS + REPORTS[:2])

@@ -19,6 +19,7 @@ from synthaug.ldm.bundle import LDM_FILE, load_bundle
 from synthaug.ldm.train import TrainingInterrupted, train_generator
 from tests.helpers import SMALL, small_config
 
+
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     from synthaug.data.phantom import write_phantom_dataset
@@ -92,6 +93,21 @@ def test_validation_accuracy_is_the_adapters_prediction_at_t0_on_the_validation_
     assert trainer.val_class_accuracy() == {"val_class_acc": 0.0, "val_class_acc_ema": 0.0}
 
 
+def test_the_trainer_initialises_from_its_seed_and_leaves_the_global_rng_alone(tmp_path):
+    from tests.test_class_slot import toy_trainer
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = toy_trainer(tmp_path / "a", "train.seed=5")
+    assert torch.equal(torch.get_rng_state(), state)  # construction neither seeds nor draws from the global RNG
+    torch.manual_seed(456)  # a different global state: the weights come from the seed alone
+    b = toy_trainer(tmp_path / "b", "train.seed=5")
+    c = toy_trainer(tmp_path / "c", "train.seed=6")
+    weights = [list(t.model.state_dict().values()) for t in (a, b, c)]
+    assert all(torch.equal(x, y) for x, y in zip(weights[0], weights[1]))
+    assert not all(torch.equal(x, y) for x, y in zip(weights[0], weights[2]))
+
+
 def test_bundle_refuses_changed_or_missing_files(trained, tmp_path):
     out, _ = trained
     copy = tmp_path / "copy"
@@ -110,10 +126,10 @@ def test_pickle_where_safetensors_expected(tmp_path):
         load_weights(tmp_path / "weights.safetensors")
 
 
-def signal_at(stage: str, step: int, sig: signal.Signals):  # noqa: ANN201
+def signal_at(stage: str, step: int, sig: signal.Signals):
     """A progress callback that sends ``sig`` to this process when ``stage`` reaches ``step`` (like Ctrl-C)."""
 
-    def progress(done_stage, done, total, logs):  # noqa: ANN001
+    def progress(done_stage, done, total, logs):
         if done_stage == stage and done == step:
             os.kill(os.getpid(), sig)
 

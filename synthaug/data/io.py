@@ -64,7 +64,7 @@ def _require_file(path: Path) -> None:
         raise ImageError("image file not found", where=str(path), fix="check the path in the manifest")
 
 
-def _itk_affine(image) -> np.ndarray:  # noqa: ANN001 - SimpleITK image or reader
+def _itk_affine(image) -> np.ndarray:  # SimpleITK image or reader
     dim = image.GetDimension()
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)
     lps = np.eye(4)

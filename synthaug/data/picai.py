@@ -448,6 +448,36 @@ def picai_to_manifest(
         on_missing: "error" raises ``PicaiError`` for a case whose images are missing; "skip" leaves it
             out and lists it in the result's ``skipped``.
     """
+    chosen, fractions = _check_options(label_rule, on_missing, seed, modalities, split_fractions)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise PicaiError("images folder not found", where=str(images_dir),
+                         fix="pass the folder that holds one subfolder per patient_id")
+    out = Path(out)
+    root = out.parent.resolve()  # image paths inside the manifest's folder are written relative to it
+    cases, images, skipped = _cases_with_images(read_marksheet(labels_dir, label_rule), images_dir, chosen, on_missing)
+    labels = [picai_label(c, label_rule) for c in cases]
+    if splits_json is not None:
+        assigned = read_splits(splits_json, fold, [c.case_id for c in cases])
+        splits = [assigned.get(c.case_id, "test") for c in cases]
+    else:
+        splits = grouped_stratified_split(labels, [c.patient_id for c in cases], fractions, seed)
+    texts = picai_reports(cases, reports if reports is not None else ReportConfig(), seed)
+    records = [_record(case, paths, label, split, text, label_rule, root=root)
+               for case, paths, label, split, text in zip(cases, images, labels, splits, texts)]
+    write_manifest(records, out)
+    return PicaiConversion(
+        manifest=out,
+        n_cases=len(records),
+        skipped=tuple(skipped),
+        labels=dict(sorted(Counter(labels).items())),
+        splits={s: n for s in SPLITS if (n := splits.count(s))},
+    )
+
+
+def _check_options(label_rule: str, on_missing: str, seed: int, modalities: Sequence[str],
+                   split_fractions: Sequence[float]) -> tuple[tuple[str, ...], tuple[float, float, float]]:
+    """Refuse unknown options before any file is read; returns (modalities in manifest order, split fractions)."""
     if label_rule not in LABEL_RULES:
         raise _unknown_rule(label_rule)
     if on_missing not in ("error", "skip"):
@@ -455,26 +485,25 @@ def picai_to_manifest(
                          fix="pass --skip-missing to leave out cases without images")
     if seed < 0:
         raise PicaiError(f"seed {seed} is negative", where="--seed", fix="use a seed >= 0")
-    chosen = _check_modalities(modalities)
-    fractions = _check_fractions(split_fractions)
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise PicaiError("images folder not found", where=str(images_dir),
-                         fix="pass the folder that holds one subfolder per patient_id")
-    out = Path(out)
-    root = out.parent.resolve()
-    config = reports if reports is not None else ReportConfig()
+    return _check_modalities(modalities), _check_fractions(split_fractions)
 
+
+def _cases_with_images(marksheet: Sequence[PicaiCase], images_dir: Path, modalities: Sequence[str],
+                       on_missing: str) -> tuple[list[PicaiCase], list[dict[str, Path]], list[str]]:
+    """The marksheet cases whose images are all there, their image paths, and the ids of those skipped.
+
+    A case with a missing image is a ``PicaiError`` (``on_missing="error"``) or skipped (``"skip"``).
+    """
     cases: list[PicaiCase] = []
     images: list[dict[str, Path]] = []
     skipped: list[str] = []
-    for case in read_marksheet(labels_dir, label_rule):
-        paths = picai_image_paths(images_dir, case, chosen)
+    for case in marksheet:
+        paths = picai_image_paths(images_dir, case, modalities)
         missing = [p for p in paths.values() if not p.is_file()]
+        if missing and on_missing == "skip":
+            skipped.append(case.case_id)
+            continue
         if missing:
-            if on_missing == "skip":
-                skipped.append(case.case_id)
-                continue
             what = "image folder" if not missing[0].parent.is_dir() else "image"
             raise PicaiError(
                 f"case patient_id={case.patient_id} study_id={case.study_id}: {what} "
@@ -488,35 +517,22 @@ def picai_to_manifest(
     if not cases:
         raise PicaiError("no marksheet case has its images", where=str(images_dir),
                          fix="check that images_dir holds {patient_id}/{patient_id}_{study_id}_t2w.mha")
+    return cases, images, skipped
 
-    labels = [picai_label(c, label_rule) for c in cases]
-    if splits_json is not None:
-        assigned = read_splits(splits_json, fold, [c.case_id for c in cases])
-        splits = [assigned.get(c.case_id, "test") for c in cases]
-    else:
-        splits = grouped_stratified_split(labels, [c.patient_id for c in cases], fractions, seed)
-    texts = picai_reports(cases, config, seed)
 
-    records = []
-    for case, paths, label, split, text in zip(cases, images, labels, splits, texts):
-        spacing = read_header(paths["t2w"]).spacing[:3]
-        records.append(CaseRecord(
-            case_id=case.case_id,
-            image={m: _manifest_path(p, root) for m, p in paths.items()},
-            label=label,
-            pirads=case.max_pirads,
-            report=text,
-            spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-            split=split,
-            meta=_meta(case, label_rule),
-        ))
-    write_manifest(records, out)
-    return PicaiConversion(
-        manifest=out,
-        n_cases=len(records),
-        skipped=tuple(skipped),
-        labels=dict(sorted(Counter(labels).items())),
-        splits={s: n for s in SPLITS if (n := splits.count(s))},
+def _record(case: PicaiCase, paths: dict[str, Path], label: int, split: str, report: str, label_rule: str, *,
+            root: Path) -> CaseRecord:
+    """The manifest record of one case, its image paths as ``_manifest_path`` writes them."""
+    spacing = read_header(paths["t2w"]).spacing[:3]
+    return CaseRecord(
+        case_id=case.case_id,
+        image={m: _manifest_path(p, root) for m, p in paths.items()},
+        label=label,
+        pirads=case.max_pirads,
+        report=report,
+        spacing=tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+        split=split,
+        meta=_meta(case, label_rule),
     )
 
 

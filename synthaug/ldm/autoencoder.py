@@ -21,7 +21,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -37,9 +37,9 @@ from torch import Tensor, nn
 from synthaug.config import AutoencoderConfig, SynthaugConfig
 from synthaug.errors import ConfigError, InputError, SynthaugError, TrainingInterrupted
 from synthaug.ldm import checkpoint as ckpt
+from synthaug.progress import Progress
 
 Volumes = torch.utils.data.Dataset | Sequence[Any]  # items: (C, X, Y, Z) tensors/arrays or {"image": ...}
-Progress = Callable[[int, int, dict], None]
 
 # Fraction of the slices along each axis that the 2.5D perceptual loss looks at (MONAI's default is 0.5;
 # ResNet-50 on every slice is slow on CPU).
@@ -171,9 +171,11 @@ class SlicePerceptualLoss(nn.Module):
         super().__init__()
         from monai.losses import PerceptualLoss
 
-        # pretrained=False: torchvision builds the bare network, nothing is downloaded.
-        self.loss = PerceptualLoss(spatial_dims=3, network_type="resnet50", is_fake_3d=True,
-                                   fake_3d_ratio=fake_3d_ratio, pretrained=False)
+        # pretrained=False: torchvision builds the bare network, nothing is downloaded. Its random initial
+        # weights are replaced below, so they are drawn from a forked RNG: the global stream stays as it was.
+        with torch.random.fork_rng(devices=[]):
+            self.loss = PerceptualLoss(spatial_dims=3, network_type="resnet50", is_fake_3d=True,
+                                       fake_3d_ratio=fake_3d_ratio, pretrained=False)
         self.loss.perceptual_function.model.load_state_dict(state_dict, strict=True)
         freeze(self)
 
@@ -271,85 +273,115 @@ def train_autoencoder(
     from a generator seeded with ``seed`` (random ``cfg.patch_size`` boxes when set); ``augment`` flips
     left-right at random. ``precision``:
     autocast dtype (``auto`` = bf16 on CPU, about 2x faster there; fp16 on CUDA with loss scaling).
-    ``progress(step, total, record)`` is called after every step.
+    ``progress("autoencoder", step, total, record)`` is called after every step.
 
     Checkpoints (``checkpoints`` a folder, tagged ``run_key``): every ``checkpoint_every`` steps, and when
     ``should_stop()`` names a signal, which then raises ``TrainingInterrupted``. ``resume`` continues from
     the newest checkpoint exactly: weights, optimizer, random stream and epoch order, so the result equals
     an uninterrupted run's.
     """
-    n = len(volumes)
-    if n == 0:
+    if len(volumes) == 0:
         raise InputError("no volumes to train the autoencoder on", where="autoencoder training",
                          fix="check the manifest's train split")
-    device = torch.device(device)
-    factor = downsample_factor(cfg)
-    perceptual = build_perceptual_loss(cfg).to(device) if cfg.perceptual_weight > 0 else None
-    dtype = resolve_precision(precision, device)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    generator = torch.Generator().manual_seed(seed)
-    batches = EpochBatches(n, cfg.batch_size, generator)
-
-    model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)  # one kernel, not a loop per tensor
+    run = _AutoencoderRun(model, len(volumes), cfg, device=device, precision=precision, seed=seed)
     first = 1
     if resume and checkpoints is not None and ckpt.has_checkpoint(checkpoints):
-        done, groups, meta = ckpt.load_checkpoint(checkpoints, run_key)
-        model.load_state_dict(groups["model"])
-        optimizer.load_state_dict(ckpt.unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"]))
-        generator.set_state(groups["rng"]["generator"])
-        batches.order = list(meta["order"])
-        if scaler is not None and meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
-        first = done + 1
-
-    def save(step: int) -> None:
-        opt_tensors, opt_rest = ckpt.flatten_optimizer(optimizer.state_dict())
-        groups = {"model": model.state_dict(), "optimizer": opt_tensors, "rng": {"generator": generator.get_state()}}
-        meta = {"optimizer": opt_rest, "order": batches.order, "scaler": scaler.state_dict() if scaler else None}
-        ckpt.save_checkpoint(checkpoints, step, groups, meta, run_key)
+        first = run.restore(checkpoints, run_key) + 1
 
     history: list[dict] = []
     for step in range(first, cfg.steps + 1):
-        x = torch.stack([_volume(volumes[i], factor, i) for i in next(batches)])  # (B, C, X, Y, Z)
-        if cfg.patch_size is not None:
-            x = random_patches(x, cfg.patch_size, generator)
+        x = run.next_batch(volumes, augment)  # (B, C, X, Y, Z) on the device
+        record = {"step": step, **run.train_step(x, step)}
+        history.append(record)
+        if progress is not None:
+            progress("autoencoder", step, cfg.steps, record)
+        if checkpoints is not None and step % checkpoint_every == 0 and step < cfg.steps:
+            run.save(checkpoints, step, run_key)
+        stop = should_stop() if should_stop is not None else None
+        if stop and step < cfg.steps:
+            run.interrupt(stop, step, checkpoints, run_key)
+    model.eval()
+    return history
+
+
+class _AutoencoderRun:
+    """The state of one ``train_autoencoder`` run: model, optimizer, loss scaler, random stream and epoch order.
+
+    A checkpoint saves exactly this, so a restored run continues as if it had never stopped.
+    """
+
+    def __init__(self, model: nn.Module, n: int, cfg: AutoencoderConfig, *, device: str | torch.device,
+                 precision: str, seed: int) -> None:
+        self.model, self.cfg = model, cfg
+        self.device = torch.device(device)
+        self.factor = downsample_factor(cfg)
+        self.perceptual = build_perceptual_loss(cfg).to(self.device) if cfg.perceptual_weight > 0 else None
+        self.dtype = resolve_precision(precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        self.generator = torch.Generator().manual_seed(seed)  # every draw of the run: batches, boxes, flips, noise
+        self.batches = EpochBatches(n, cfg.batch_size, self.generator)
+        model.to(self.device).train()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)  # one kernel, not a loop per tensor
+
+    def next_batch(self, volumes: Volumes, augment: bool) -> Tensor:
+        """The next ``(B, C, X, Y, Z)`` batch on the device: random boxes with ``cfg.patch_size``, random
+        left-right flips with ``augment``."""
+        x = torch.stack([_volume(volumes[i], self.factor, i) for i in next(self.batches)])
+        if self.cfg.patch_size is not None:
+            x = random_patches(x, self.cfg.patch_size, self.generator)
         if augment:
-            flip = (torch.rand(x.shape[0], generator=generator) < 0.5).view(-1, 1, 1, 1, 1)
+            flip = (torch.rand(x.shape[0], generator=self.generator) < 0.5).view(-1, 1, 1, 1, 1)
             x = torch.where(flip, x.flip(2), x)
-        x = x.to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            z_mu, z_sigma = model.encode(x)
-            eps = torch.randn(z_mu.shape, generator=generator).to(device)
-            recon = model.decode(z_mu + z_sigma * eps)
-            loss, parts = autoencoder_loss(recon, x, z_mu, z_sigma, cfg, perceptual=perceptual, generator=generator)
+        return x.to(self.device)
+
+    def train_step(self, x: Tensor, step: int) -> dict[str, float]:
+        """One optimizer step on ``x``: encode, sample the posterior, decode, ``autoencoder_loss``; its float parts."""
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            z_mu, z_sigma = self.model.encode(x)
+            eps = torch.randn(z_mu.shape, generator=self.generator).to(self.device)
+            recon = self.model.decode(z_mu + z_sigma * eps)
+            loss, parts = autoencoder_loss(recon, x, z_mu, z_sigma, self.cfg, perceptual=self.perceptual,
+                                           generator=self.generator)
         if not math.isfinite(parts["loss"]):
             raise SynthaugError(f"autoencoder loss is not finite at step {step}", where="autoencoder training",
                                 fix="lower autoencoder.lr or train with precision fp32")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        record = {"step": step, **parts}
-        history.append(record)
-        if progress is not None:
-            progress(step, cfg.steps, record)
-        if checkpoints is not None and step % checkpoint_every == 0 and step < cfg.steps:
-            save(step)
-        stop = should_stop() if should_stop is not None else None
-        if stop and step < cfg.steps:
-            if checkpoints is None:
-                raise TrainingInterrupted(f"stopped by {stop} at autoencoder step {step}; nothing saved",
-                                          where="autoencoder training", fix="run the command again")
-            save(step)
-            raise TrainingInterrupted(f"stopped by {stop} at autoencoder step {step}; checkpoint saved",
-                                      where=str(checkpoints), fix="run the same command with --resume to continue")
-    model.eval()
-    return history
+            self.optimizer.step()
+        return parts
+
+    def save(self, checkpoints: str | Path, step: int, run_key: str) -> None:
+        opt_tensors, opt_rest = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        groups = {"model": self.model.state_dict(), "optimizer": opt_tensors,
+                  "rng": {"generator": self.generator.get_state()}}
+        meta = {"optimizer": opt_rest, "order": self.batches.order,
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+        ckpt.save_checkpoint(checkpoints, step, groups, meta, run_key)
+
+    def restore(self, checkpoints: str | Path, run_key: str) -> int:
+        """Load the newest checkpoint of ``run_key`` into this run; returns the step it was saved after."""
+        done, groups, meta = ckpt.load_checkpoint(checkpoints, run_key)
+        self.model.load_state_dict(groups["model"])
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(groups.get("optimizer", {}), meta["optimizer"]))
+        self.generator.set_state(groups["rng"]["generator"])
+        self.batches.order = list(meta["order"])
+        if self.scaler is not None and meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        return done
+
+    def interrupt(self, signal: str, step: int, checkpoints: str | Path | None, run_key: str) -> NoReturn:
+        """Stop after ``step`` on ``signal``: checkpoint when there is a folder for it, then ``TrainingInterrupted``."""
+        if checkpoints is None:
+            raise TrainingInterrupted(f"stopped by {signal} at autoencoder step {step}; nothing saved",
+                                      where="autoencoder training", fix="run the command again")
+        self.save(checkpoints, step, run_key)
+        raise TrainingInterrupted(f"stopped by {signal} at autoencoder step {step}; checkpoint saved",
+                                  where=str(checkpoints), fix="run the same command with --resume to continue")
 
 
 def random_patches(x: Tensor, size: Sequence[int], generator: torch.Generator) -> Tensor:

@@ -1,16 +1,10 @@
-"""Samplers with one interface, text and class guidance, class control, and the latent sampling loop.
+"""Text and class guidance, class control, and the latent sampling loop (the samplers: ``synthaug.ldm.samplers``).
 
     sampler = build_sampler("dpm++", cfg.diffusion, steps=20)
     latents = sample_latents(ldm, sampler, noise, cond, guidance=2.0, class_guidance=2.0)
 
-Samplers wrap library schedulers (diffusers' ``DDPMScheduler``, ``DDIMScheduler`` (trailing spacing)
-and ``DPMSolverMultistepScheduler`` (DPM-Solver++ 2M); MONAI's ``RFlowScheduler`` for rectified flow,
-as MAISI-v2) behind ``set_timesteps(n)`` / ``timesteps`` / ``step(output, t, sample, generators)``.
-The betas come from the training scheduler itself, so training and sampling share one noise schedule.
-Stochastic steps draw their noise per sample from that sample's own ``torch.Generator``: a volume
-depends on its seed, label and report only, never on its batch neighbours. (MONAI's own DDIM spaces
-its timesteps by (T-1)/(n-1) but steps back by T//n, so its few-step chains end short of t = 0; the
-diffusers schedulers keep the two consistent.)
+``build_sampler``, the sampler classes and their registry live in ``synthaug.ldm.samplers``, the training
+objective in ``synthaug.ldm.objective``; both are re-exported here, where earlier versions defined them.
 """
 
 from __future__ import annotations
@@ -22,179 +16,31 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthaug.config import DiffusionConfig
 from synthaug.errors import InputError
 from synthaug.ldm.model import null_class
+from synthaug.ldm.objective import training_scheduler, training_target
+from synthaug.ldm.samplers import (
+    DEFAULT_STEPS,
+    SAMPLERS,
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    FlowSampler,
+    Sampler,
+    build_sampler,
+    default_steps,
+    register_sampler,
+    resolve_sampler,
+    sampler_class,
+    sampler_names,
+)
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "flow")
-DEFAULT_STEPS = {"ddpm": None, "ddim": 20, "dpm++": 20, "flow": 30}  # None: every training step (the reference)
-
-
-def resolve_sampler(name: str, prediction: str) -> str:
-    """``auto`` -> the fast default for the model's objective (flow, or DDIM with the configured eta; see
-    ``SampleConfig.eta``); refuses a sampler the objective cannot use."""
-    if name == "auto":
-        return "flow" if prediction == "flow" else "ddim"
-    if name not in SAMPLERS:
-        raise InputError(f"unknown sampler {name!r}", where="sampler", fix=f"choose one of {', '.join(SAMPLERS)}")
-    if (name == "flow") != (prediction == "flow"):
-        trained = "rectified flow" if prediction == "flow" else f"DDPM ({prediction} prediction)"
-        raise InputError(f"sampler {name!r} cannot sample a model trained with {trained}", where="sampler",
-                         fix="use 'flow' for flow-trained bundles and ddpm/ddim/dpm++ otherwise (or 'auto')")
-    return name
-
-
-def training_scheduler(cfg: DiffusionConfig):  # noqa: ANN201 - a MONAI scheduler
-    """The MONAI scheduler the LDM trains with: ``DDPMScheduler`` (eps/v) or ``RFlowScheduler`` (flow)."""
-    from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
-
-    if cfg.prediction == "flow":
-        return RFlowScheduler(num_train_timesteps=cfg.num_train_timesteps, use_discrete_timesteps=True)
-    return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule,
-                         beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False,
-                         prediction_type="epsilon" if cfg.prediction == "eps" else "v_prediction")
-
-
-def training_target(cfg: DiffusionConfig, scheduler, x0: torch.Tensor, noise: torch.Tensor,  # noqa: ANN001
-                    t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_t, regression target) for the objective: eps -> noise, v -> DDPM velocity, flow -> x0 - noise."""
-    x_t = scheduler.add_noise(x0, noise, t)
-    if cfg.prediction == "eps":
-        return x_t, noise
-    if cfg.prediction == "v":
-        return x_t, scheduler.get_velocity(x0, noise, t)
-    return x_t, x0 - noise
-
-
-class Sampler:
-    """A reverse-diffusion chain: ``set_timesteps(n)``, then ``step`` once per entry of ``timesteps``."""
-
-    name = ""
-
-    def __init__(self, cfg: DiffusionConfig, steps: int) -> None:
-        if not 1 <= steps <= cfg.num_train_timesteps:
-            raise InputError(f"must be between 1 and {cfg.num_train_timesteps} (the training steps), got {steps}",
-                             where="steps", fix=f"pass --steps 1..{cfg.num_train_timesteps}")
-        self.cfg = cfg
-        self.set_timesteps(steps)
-
-    @property
-    def steps(self) -> int:
-        return len(self.timesteps)
-
-    def set_timesteps(self, n: int) -> None:
-        raise NotImplementedError
-
-    def step(self, output: torch.Tensor, t: int, sample: torch.Tensor,
-             generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def _per_sample_noise(shape: torch.Size, generators: Sequence[torch.Generator], like: torch.Tensor) -> torch.Tensor:
-    """(B, ...) standard normal noise, row i drawn from ``generators[i]`` on the CPU (device-independent)."""
-    rows = [torch.randn(shape[1:], generator=g) for g in generators]
-    return torch.stack(rows).to(device=like.device, dtype=like.dtype)
-
-
-class _DiffusersSampler(Sampler):
-    """A diffusers scheduler built on the training schedule's exact betas."""
-
-    scheduler_class = ""
-    options: dict = {}
-
-    def __init__(self, cfg: DiffusionConfig, steps: int, eta: float = 0.0) -> None:
-        import diffusers
-
-        betas = training_scheduler(cfg).betas.double().numpy()
-        prediction = "epsilon" if cfg.prediction == "eps" else "v_prediction"
-        self.scheduler = getattr(diffusers, self.scheduler_class)(
-            num_train_timesteps=cfg.num_train_timesteps, trained_betas=betas, prediction_type=prediction,
-            **self.options)
-        self.eta = eta
-        super().__init__(cfg, steps)
-
-    def set_timesteps(self, n: int) -> None:
-        self.scheduler.set_timesteps(n)
-        self.timesteps = [int(t) for t in self.scheduler.timesteps]
-
-
-class DDPMSampler(_DiffusersSampler):
-    """Ancestral DDPM (the reference: 1000 steps); fewer steps use diffusers' leading spacing."""
-
-    name = "ddpm"
-    scheduler_class = "DDPMScheduler"
-    options = {"clip_sample": False, "variance_type": "fixed_small"}
-
-    def step(self, output, t, sample, generators=None):  # noqa: ANN001, ANN201
-        if generators is None:
-            raise ValueError("DDPM draws noise at every step: pass one torch.Generator per sample")
-        rows = [self.scheduler.step(output[i:i + 1], t, sample[i:i + 1], generator=g).prev_sample
-                for i, g in enumerate(generators)]
-        return torch.cat(rows)
-
-
-class DDIMSampler(_DiffusersSampler):
-    """DDIM (Song et al.) with ``eta`` (0 = deterministic); trailing spacing, so the chain starts at t = T-1."""
-
-    name = "ddim"
-    scheduler_class = "DDIMScheduler"
-    options = {"clip_sample": False, "set_alpha_to_one": True, "timestep_spacing": "trailing"}
-
-    def step(self, output, t, sample, generators=None):  # noqa: ANN001, ANN201
-        noise = None
-        if self.eta > 0:
-            if generators is None:
-                raise ValueError("DDIM with eta > 0 draws noise: pass one torch.Generator per sample")
-            noise = _per_sample_noise(sample.shape, generators, sample)
-        return self.scheduler.step(output, t, sample, eta=self.eta, variance_noise=noise).prev_sample
-
-
-class DPMSolverSampler(_DiffusersSampler):
-    """DPM-Solver++ 2M with Karras sigmas (Lu et al.; Karras et al.): deterministic, second order.
-
-    Karras spacing puts more steps at low noise, where uniform spacing loses most (on a Gaussian toy
-    problem with the exact score, 20 steps: std error 3% with Karras spacing vs 6% uniform).
-    """
-
-    name = "dpm++"
-    scheduler_class = "DPMSolverMultistepScheduler"
-    options = {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True,
-               "use_karras_sigmas": True}
-
-    def step(self, output, t, sample, generators=None):  # noqa: ANN001, ANN201
-        return self.scheduler.step(output, t, sample).prev_sample
-
-
-class FlowSampler(Sampler):
-    """Rectified flow (MONAI ``RFlowScheduler``): Euler steps along the predicted velocity from t = T to 0."""
-
-    name = "flow"
-
-    def set_timesteps(self, n: int) -> None:
-        from monai.networks.schedulers import RFlowScheduler
-
-        self.scheduler = RFlowScheduler(num_train_timesteps=self.cfg.num_train_timesteps, use_discrete_timesteps=True)
-        self.scheduler.set_timesteps(n)
-        self.timesteps = [int(t) for t in self.scheduler.timesteps]
-        self._next = dict(zip(self.timesteps, [*self.timesteps[1:], 0]))
-
-    def step(self, output, t, sample, generators=None):  # noqa: ANN001, ANN201
-        return self.scheduler.step(output, t, sample, self._next[int(t)])[0]
-
-
-_CLASSES = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "dpm++": DPMSolverSampler, "flow": FlowSampler}
-
-
-def build_sampler(name: str, cfg: DiffusionConfig, steps: int | None = None, eta: float = 0.0) -> Sampler:
-    """A sampler for a model trained with ``cfg``; ``steps`` None takes the sampler's default."""
-    name = resolve_sampler(name, cfg.prediction)
-    if eta < 0:
-        raise InputError(f"eta must be >= 0, got {eta}", where="eta", fix="use 0 for deterministic DDIM")
-    if steps is None:  # a default never asks for more steps than the model was trained with
-        steps = min(DEFAULT_STEPS[name] or cfg.num_train_timesteps, cfg.num_train_timesteps)
-    if name == "flow":
-        return FlowSampler(cfg, steps)
-    return _CLASSES[name](cfg, steps, eta=eta)
+__all__ = [
+    "DEFAULT_STEPS", "SAMPLERS", "Conditioning", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "FlowSampler",
+    "Sampler", "build_sampler", "check_guidance", "default_steps", "guided_prediction", "label_probs",
+    "predicted_class_probs", "register_sampler", "resolve_sampler", "sample_latents", "sampler_class",
+    "sampler_names", "training_scheduler", "training_target",
+]
 
 
 # ---------------------------------------------------------------- guidance and class control
@@ -232,7 +78,7 @@ def check_guidance(scale: float, name: str) -> float:
 
 
 @torch.no_grad()
-def guided_prediction(ldm, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,  # noqa: ANN001
+def guided_prediction(ldm, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                       guidance: float, class_guidance: float = 1.0) -> torch.Tensor:
     """The model output at (x, t) with text guidance ``s_t`` and class guidance ``s_c``; both 1 is one plain pass.
 
@@ -276,16 +122,16 @@ def guided_prediction(ldm, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
 
 
 @torch.no_grad()
-def predicted_class_probs(ldm, cond: Conditioning) -> torch.Tensor:  # noqa: ANN001
+def predicted_class_probs(ldm, cond: Conditioning) -> torch.Tensor:
     """The adapter's class probabilities (B, 2) from the reports at t = 0 (the least noisy step)."""
     t = torch.zeros(cond.text.shape[0], dtype=torch.long, device=cond.text.device)
     return ldm.adapter(cond.text, cond.mask, t)[1].softmax(dim=-1)
 
 
 @torch.no_grad()
-def sample_latents(ldm, sampler: Sampler, noise: torch.Tensor, cond: Conditioning, *,  # noqa: ANN001
+def sample_latents(ldm, sampler: Sampler, noise: torch.Tensor, cond: Conditioning, *,
                    guidance: float = 1.0, class_guidance: float = 1.0,
-                   generators: Sequence[torch.Generator] | None = None, progress=None) -> torch.Tensor:  # noqa: ANN001
+                   generators: Sequence[torch.Generator] | None = None, progress=None) -> torch.Tensor:
     """Run the reverse chain from ``noise`` (B, C, x, y, z) to clean (scaled) latents of the same shape.
 
     ``guidance`` / ``class_guidance`` as in ``guided_prediction``; ``generators`` (one per sample) feed the

@@ -53,9 +53,8 @@ from synthaug.ldm.autoencoder import (
 )
 from synthaug.ldm.bundle import AUTOENCODER_FILE, read_bundle_info, save_bundle
 from synthaug.ldm.model import CCELLALDM, class_slot, joint_loss, text_dropout
-from synthaug.ldm.sampling import training_scheduler, training_target
-
-Progress = Callable[[str, int, int, dict], None]  # (stage, done, total, logs)
+from synthaug.ldm.objective import training_scheduler, training_target
+from synthaug.progress import Progress
 
 
 @dataclass
@@ -161,10 +160,9 @@ def prepare_autoencoder(cfg: SynthaugConfig, volumes: torch.Tensor, work: Path, 
     if file.is_file():
         return load_autoencoder(cfg.autoencoder, file, in_channels=volumes.shape[1]).to(device).eval(), file_sha256(file)
     model = build_autoencoder(cfg.autoencoder, in_channels=volumes.shape[1], seed=cfg.train.seed)
-    report = (lambda step, total, logs: progress("autoencoder", step, total, logs)) if progress else None
     checkpoints = _autoencoder_checkpoints(file)
     train_autoencoder(model, list(volumes), cfg.autoencoder, device=device, precision=cfg.train.precision,
-                      seed=cfg.train.seed, progress=report, checkpoints=checkpoints, run_key=file.name,
+                      seed=cfg.train.seed, progress=progress, checkpoints=checkpoints, run_key=file.name,
                       checkpoint_every=cfg.train.checkpoint_every, resume=resume, should_stop=should_stop)
     with atomic_path(file) as tmp:  # a kill mid-write leaves the checkpoints, never a torn weights file
         save_autoencoder(model, tmp)
@@ -195,7 +193,7 @@ def prepare_latents(model: torch.nn.Module, volumes: torch.Tensor, work: Path, a
 # ---------------------------------------------------------------- stage 2: text
 
 
-def prepare_text(encoder, reports: list[str], work: Path, progress: Progress | None,  # noqa: ANN001, ANN201
+def prepare_text(encoder, reports: list[str], work: Path, progress: Progress | None,
                  val_reports: Sequence[str] = ()):
     """Encode the training reports, the empty report and any validation reports once with ``encoder``;
     returns (train TextBatch, empty-report TextBatch, validation TextBatch or None)."""
@@ -248,7 +246,7 @@ def _stop_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks after each step (to checkpoint and stop)."""
     flag = {"stop": None}
 
-    def handler(signum, frame):  # noqa: ANN001
+    def handler(signum, frame):
         flag["stop"] = signal.Signals(signum).name
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -264,7 +262,7 @@ def _stop_signals():
             signal.signal(s, h)
 
 
-def ema_with_warmup(decay: float):  # noqa: ANN201 - an AveragedModel multi_avg_fn
+def ema_with_warmup(decay: float):  # an AveragedModel multi_avg_fn
     """EMA whose decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after n updates (the rule of the
     original DDPM/LDM code and diffusers' ``EMAModel``).
 
@@ -273,7 +271,7 @@ def ema_with_warmup(decay: float):  # noqa: ANN201 - an AveragedModel multi_avg_
     """
 
     @torch.no_grad()
-    def update(ema_params, params, num_averaged) -> None:  # noqa: ANN001
+    def update(ema_params, params, num_averaged) -> None:
         n = float(num_averaged)
         d = min(decay, (1.0 + n) / (10.0 + n))
         floating = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
@@ -289,7 +287,7 @@ def ema_with_warmup(decay: float):  # noqa: ANN201 - an AveragedModel multi_avg_
 class LDMTrainer:
     """The LDM optimisation loop on cached latents and text features, with exact checkpoint/resume."""
 
-    def __init__(self, cfg: SynthaugConfig, latents: torch.Tensor, labels: torch.Tensor, text, null,  # noqa: ANN001
+    def __init__(self, cfg: SynthaugConfig, latents: torch.Tensor, labels: torch.Tensor, text, null,
                  device: torch.device, run_key: str, work: Path, dist: Dist | None = None,
                  val: tuple | None = None) -> None:
         """``val``: (TextBatch, labels (M,)) of validation reports for the logged class accuracy, or None."""
@@ -305,8 +303,10 @@ class LDMTrainer:
         self.run_key = run_key
         self.checkpoints = work / "checkpoints"
         self.log_file = work / "ldm_log.jsonl"
-        torch.manual_seed(cfg.train.seed)  # parameter init; every later draw uses self.generator
-        self.model = CCELLALDM.from_config(cfg, text_dim=text.features.shape[-1]).to(device)
+        with torch.random.fork_rng(devices=[]):  # parameter init from the seed; the global RNG is left as it was
+            torch.default_generator.manual_seed(cfg.train.seed)
+            self.model = CCELLALDM.from_config(cfg, text_dim=text.features.shape[-1])
+        self.model.to(device)  # every later draw uses self.generator
         # Under torchrun each rank computes its share of the global batch; DDP averages the gradients.
         self.forward = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if
                                                                   device.type == "cuda" else None)
@@ -524,6 +524,53 @@ def train_generator(
     dist = Dist.from_env(device)  # torchrun: data-parallel LDM training; rank 0 builds caches and writes
     device = dist.device(device)
     progress = progress if dist.is_main else None
+    # Everything that can refuse the input is checked before the work folder is made or any work starts.
+    _check_request(out, cfg, overwrite)
+    inputs = _read_inputs(manifest_path, cfg, autoencoder)
+    _prepare_work(work, cfg, inputs.key, resume=resume, overwrite=overwrite, dist=dist)
+
+    encoded = _encode_training_set(inputs, cfg, work, device=device, dist=dist, progress=progress, resume=resume)
+    trainer, history = _train_ldm(inputs, encoded, cfg, work, device=device, dist=dist, progress=progress,
+                                  resume=resume)
+    if dist.is_main:  # rank 0 writes the bundle; the others wait for it and return what it wrote
+        fingerprint = _write_bundle(out, work, cfg, inputs, encoded, trainer, history, overwrite=overwrite)
+        dist.barrier()
+    else:
+        dist.barrier()
+        fingerprint = (work / "bundle_fingerprint").read_text().strip()
+    return TrainResult(bundle=out, fingerprint=fingerprint, steps=trainer.step,
+                       seconds=time.perf_counter() - started,
+                       final_loss=float(history[-1]["loss"]) if history else float("nan"))
+
+
+@dataclass
+class _Inputs:
+    """What ``train_generator`` reads and checks before any work starts."""
+
+    manifest_path: str | Path
+    manifest: Manifest
+    cases: list[CaseRecord]  # the train split
+    key: str  # ``data_key``: the cases and their preprocessing
+    autoencoder: Path | None  # the user's VAE weights (checked), or None to train one
+    encoder: Any  # the frozen synthaug.text.TextEncoder
+
+
+@dataclass
+class _Encoded:
+    """The training set as the LDM sees it: VAE latents and text features (cached in the work folder)."""
+
+    vae: torch.nn.Module
+    ae_hash: str  # sha256 of the VAE weights
+    latents: torch.Tensor  # (N, C, d, h, w), unscaled
+    scale: float  # 1 / std of the latents
+    labels: torch.Tensor  # (N,)
+    text: Any  # TextBatch of the train reports
+    null: Any  # TextBatch of the empty report
+    val: tuple | None  # (TextBatch, labels (M,)) of the validation reports, or None
+
+
+def _check_request(out: Path, cfg: SynthaugConfig, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (without ``overwrite``) and image shapes the VAE and U-Net cannot divide."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError("bundle folder exists and is not empty", where=str(out),
                          fix="choose another --out or pass --overwrite")
@@ -535,7 +582,9 @@ def train_generator(
                           where="data.image_shape",
                           fix=f"use an image shape divisible by {unet_factor * downsample_factor(cfg.autoencoder)}")
 
-    # Everything that can refuse the input is checked before the work folder is made or any work starts.
+
+def _read_inputs(manifest_path: str | Path, cfg: SynthaugConfig, autoencoder: str | Path | None) -> _Inputs:
+    """The manifest's train split, its data key, the checked VAE weights and the text encoder."""
     manifest = load_manifest(manifest_path)
     cases = training_cases(manifest)
     key = data_key(manifest, cases, cfg)
@@ -544,6 +593,12 @@ def train_generator(
     from synthaug.text.encoder import TextEncoder
 
     encoder = TextEncoder.from_config(cfg.text)
+    return _Inputs(manifest_path, manifest, cases, key, autoencoder, encoder)
+
+
+def _prepare_work(work: Path, cfg: SynthaugConfig, key: str, *, resume: bool, overwrite: bool, dist: Dist) -> None:
+    """Check the work folder's checkpoints against ``resume``/``overwrite``, then make the folder (and, to
+    start again, clear the checkpoints)."""
     checkpoints = work / "checkpoints"
     vae_checkpoints = _autoencoder_checkpoints(autoencoder_file(cfg, work, key))
     left = [c for c in (checkpoints, vae_checkpoints) if ckpt.has_checkpoint(c)]
@@ -558,51 +613,61 @@ def train_generator(
         ckpt.clear_checkpoints(checkpoints)
         ckpt.clear_checkpoints(vae_checkpoints)
 
+
+def _encode_training_set(inputs: _Inputs, cfg: SynthaugConfig, work: Path, *, device: torch.device, dist: Dist,
+                         progress: Progress | None, resume: bool) -> _Encoded:
+    """Stages 1-3: preprocess, train (or load) the VAE, encode the cases to latents and the reports to features."""
+    cases = inputs.cases
     with dist.main_first(), _stop_signals() as flag:  # VAE, latents and text features: made once, by rank 0
-        volumes = load_volumes(manifest, cases, cfg, progress)
-        vae, ae_hash = prepare_autoencoder(cfg, volumes, work, key, autoencoder=autoencoder, device=device,
-                                           progress=progress, resume=resume, should_stop=lambda: flag["stop"])
+        volumes = load_volumes(inputs.manifest, cases, cfg, progress)
+        vae, ae_hash = prepare_autoencoder(cfg, volumes, work, inputs.key, autoencoder=inputs.autoencoder,
+                                           device=device, progress=progress, resume=resume,
+                                           should_stop=lambda: flag["stop"])
         latents = prepare_latents(vae, volumes, work, ae_hash, cfg, device)
         del volumes
         reports = [c.report for c in cases]
-        val_reports, val_labels = validation_reports(manifest)
-        text, null, val_text = prepare_text(encoder, reports, work, progress, val_reports)
+        val_reports, val_labels = validation_reports(inputs.manifest)
+        text, null, val_text = prepare_text(inputs.encoder, reports, work, progress, val_reports)
     scale = scale_factor(latents)
     labels = torch.tensor([c.label for c in cases])
+    return _Encoded(vae, ae_hash, latents, scale, labels, text, null,
+                    val=(val_text, val_labels) if val_text is not None else None)
 
+
+def _train_ldm(inputs: _Inputs, encoded: _Encoded, cfg: SynthaugConfig, work: Path, *, device: torch.device,
+               dist: Dist, progress: Progress | None, resume: bool) -> tuple[LDMTrainer, list[dict]]:
+    """Stage 4: train the LDM on the scaled latents, from the last checkpoint with ``resume``; (trainer, history)."""
     # Only what shapes the LDM's training: the phantom and sampling sections can change and a checkpoint still resumes.
-    run_key = _hash(key, ae_hash, encoder.fingerprint,
+    run_key = _hash(inputs.key, encoded.ae_hash, inputs.encoder.fingerprint,
                     {k: v for k, v in cfg.to_dict().items() if k not in ("phantom", "sample", "preset")})
-    trainer = LDMTrainer(cfg, latents * scale, labels, text, null, device, run_key, work, dist,
-                         val=(val_text, val_labels) if val_text is not None else None)
-    if resume and ckpt.has_checkpoint(checkpoints):  # else the run was stopped before the LDM stage began
+    trainer = LDMTrainer(cfg, encoded.latents * encoded.scale, encoded.labels, encoded.text, encoded.null, device,
+                         run_key, work, dist, val=encoded.val)
+    if resume and ckpt.has_checkpoint(trainer.checkpoints):  # else the run was stopped before the LDM stage began
         trainer.restore()
-    history = trainer.run(progress)
-    if not dist.is_main:  # rank 0 writes the bundle; the others return what it wrote
-        dist.barrier()
-        return TrainResult(bundle=out, fingerprint=(work / "bundle_fingerprint").read_text().strip(),
-                           steps=trainer.step, seconds=time.perf_counter() - started,
-                           final_loss=float(history[-1]["loss"]) if history else float("nan"))
+    return trainer, trainer.run(progress)
 
+
+def _write_bundle(out: Path, work: Path, cfg: SynthaugConfig, inputs: _Inputs, encoded: _Encoded,
+                  trainer: LDMTrainer, history: list[dict], *, overwrite: bool) -> str:
+    """Stage 5 (rank 0): write the bundle, note its fingerprint in the work folder, clear the checkpoints."""
+    cases, labels = inputs.cases, encoded.labels
+    encoder = inputs.encoder
     info = {
-        "scale_factor": scale,
-        "latent_shape": list(latents.shape[1:]),
-        "text": {"model_id": encoder.model_id, "fingerprint": encoder.fingerprint, "dim": int(text.features.shape[-1]),
-                 "kind": encoder.kind, "max_tokens": cfg.text.max_tokens},
-        "data": {"manifest": str(Path(manifest_path).resolve()), "n_train": len(cases),
+        "scale_factor": encoded.scale,
+        "latent_shape": list(encoded.latents.shape[1:]),
+        "text": {"model_id": encoder.model_id, "fingerprint": encoder.fingerprint,
+                 "dim": int(encoded.text.features.shape[-1]), "kind": encoder.kind, "max_tokens": cfg.text.max_tokens},
+        "data": {"manifest": str(Path(inputs.manifest_path).resolve()), "n_train": len(cases),
                  "labels": {str(k): int(v) for k, v in zip(*np.unique(labels.numpy(), return_counts=True))},
                  "image_shape": list(cfg.data.image_shape), "spacing": list(cfg.data.spacing),
-                 "intensity": intensity_stats(manifest, cases), "data_key": key},
-        "training": {"ldm_steps": trainer.step, "autoencoder_sha256": ae_hash,
+                 "intensity": intensity_stats(inputs.manifest, cases), "data_key": inputs.key},
+        "training": {"ldm_steps": trainer.step, "autoencoder_sha256": encoded.ae_hash,
                      "final_loss": history[-1]["loss"] if history else None},
         "versions": _versions(),
     }
     train_cases = [{"case_id": c.case_id, "label": c.label, "report": c.report} for c in cases]
     ema_model = trainer.ema.module if trainer.ema is not None else None
-    fingerprint = save_bundle(out, cfg, vae, trainer.model, ema_model, info, train_cases, overwrite=overwrite)
+    fingerprint = save_bundle(out, cfg, encoded.vae, trainer.model, ema_model, info, train_cases, overwrite=overwrite)
     atomic_write_text(work / "bundle_fingerprint", fingerprint + "\n")
-    ckpt.clear_checkpoints(checkpoints)  # training is complete; caches stay for re-use
-    dist.barrier()
-    return TrainResult(bundle=out, fingerprint=fingerprint, steps=trainer.step,
-                       seconds=time.perf_counter() - started,
-                       final_loss=float(history[-1]["loss"]) if history else float("nan"))
+    ckpt.clear_checkpoints(trainer.checkpoints)  # training is complete; caches stay for re-use
+    return fingerprint

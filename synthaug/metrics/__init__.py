@@ -2,7 +2,6 @@
 memorisation and conditioning fidelity, montages, and ``evaluate_quality`` that writes them all to a folder.
 """
 
-from synthaug.metrics.evaluate import evaluate_quality, headline, load_volumes, normalise_volume, render_report
 from synthaug.metrics.features import (
     PLANES,
     FeatureExtractor,
@@ -27,6 +26,7 @@ from synthaug.metrics.quality import (
     voxel_distance,
     voxel_signature,
 )
+from synthaug.metrics.quality_report import evaluate_quality, headline, load_volumes, normalise_volume, render_report
 
 __all__ = [
     "PLANES",

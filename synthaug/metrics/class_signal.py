@@ -50,7 +50,7 @@ class LinkScore:
                 "auroc": self.auroc, "balanced_accuracy": self.balanced_accuracy}
 
 
-def _ci_dict(ci) -> dict[str, Any]:  # noqa: ANN001 - classifiers.metrics.ConfidenceInterval
+def _ci_dict(ci) -> dict[str, Any]:  # classifiers.metrics.ConfidenceInterval
     return {"estimate": ci.estimate, "low": ci.low, "high": ci.high, "note": ci.reason}
 
 
@@ -138,8 +138,9 @@ class ClassSignalChain:
         return out
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows()]
+        from synthaug.markdown import markdown_table
+
+        lines = markdown_table(self.HEADER, self.rows())
         return "\n".join(["## Class-signal chain", "", *lines, "", self.sentence(), ""]) + "\n"
 
 

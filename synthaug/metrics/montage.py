@@ -22,13 +22,13 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(v[x]), np.rot90(v[:, y]), np.rot90(v[:, :, z])]
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001 - matplotlib Figure
+def _save(fig, path: Path) -> Path:  # matplotlib Figure
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     return path
 
 
-def _show(ax, image: np.ndarray, title: str | None = None) -> None:  # noqa: ANN001 - matplotlib Axes
+def _show(ax, image: np.ndarray, title: str | None = None) -> None:  # matplotlib Axes
     ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])

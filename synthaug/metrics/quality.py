@@ -60,7 +60,7 @@ def fid(real: Tensor | np.ndarray, synthetic: Tensor | np.ndarray) -> float:
     return max(value, 0.0) if math.isfinite(value) else float("nan")
 
 
-def _frechet_real(fn, *args: Tensor) -> Tensor:  # noqa: ANN001
+def _frechet_real(fn, *args: Tensor) -> Tensor:
     try:
         return fn(*args)
     except ValueError:  # still complex: compute tr sqrt(AB) from the eigenvalues of AB instead

@@ -31,6 +31,7 @@ from typing import Any
 
 from synthaug.data.io import atomic_write_text, file_sha256
 from synthaug.errors import InputError
+from synthaug.mix.balance import LABELS, ClassBalance, pregeneration_quotas
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ FILTER_FILE = "filter.safetensors"  # a filter `pregenerate --filter train` made
 VOLUMES_DIR = "volumes"
 CANDIDATES_PER_VOLUME = 50  # a filtered class gives up after this many candidates per wanted volume
 FILE_FORMATS = {"nifti-gz": ".nii.gz", "nifti": ".nii"}  # both open in any viewer and with MONAI LoadImaged
-LABELS = (0, 1)
 # What cache.json must hold, and of which type; everything else in it is informative.
 META_KEYS = {"bundle_fingerprint": str, "generator": dict, "report_source": str, "seed": int, "file_format": str,
              "shape": list}
@@ -61,26 +61,6 @@ def volume_seed(cache_seed: int, label: int, index: int) -> int:
     """A 63-bit seed for volume ``index`` of class ``label``: independent streams per cache seed and class."""
     digest = hashlib.sha256(f"synthaug:{cache_seed}:{label}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def class_counts(n: int, class_balance: str | Mapping[int, float] = "equal") -> dict[int, int]:
-    """How many of ``n`` volumes go to each class: ``equal`` or explicit weights ``{label: weight}``."""
-    if n < 0:
-        raise InputError(f"n must be >= 0, got {n}", where="n", fix="ask for a non-negative number of volumes")
-    if class_balance == "equal":
-        weights = {0: 1.0, 1: 1.0}
-    elif isinstance(class_balance, Mapping):
-        weights = {int(k): float(v) for k, v in class_balance.items()}
-        bad = [k for k in weights if k not in LABELS] + [v for v in weights.values() if not v >= 0]
-        if bad or sum(weights.values()) <= 0:
-            raise InputError(f"class weights {dict(class_balance)} are not valid", where="class_balance",
-                             fix="give non-negative weights for labels 0 and 1 with a positive sum, e.g. {0: 1, 1: 2}")
-    else:
-        raise InputError(f"unknown class balance {class_balance!r} for pregeneration", where="class_balance",
-                         fix="use 'equal' or weights such as {0: 1, 1: 2}")
-    total = sum(weights.values())
-    ones = round(n * weights.get(1, 0.0) / total)
-    return {0: n - ones, 1: ones}
 
 
 def _said(described: Mapping[str, Any] | None) -> str:
@@ -152,8 +132,8 @@ class SyntheticCache:
     # ------------------------------------------------------------ creation and identity
 
     @staticmethod
-    def describe(generator, file_format: str = "nifti-gz", seed: int = 0,  # noqa: ANN001
-                 volume_filter=None) -> dict[str, Any]:  # noqa: ANN001
+    def describe(generator, file_format: str = "nifti-gz", seed: int = 0,
+                 volume_filter=None) -> dict[str, Any]:
         """The ``cache.json`` content for volumes made by ``generator`` (and kept by ``volume_filter``)."""
         if file_format not in FILE_FORMATS:
             raise InputError(f"unknown file format {file_format!r}", where="file_format",
@@ -171,8 +151,8 @@ class SyntheticCache:
         }
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], generator, *, file_format: str = "nifti-gz",  # noqa: ANN001
-               seed: int = 0, allow_foreign: bool = False, volume_filter=None) -> SyntheticCache:  # noqa: ANN001
+    def create(cls, path: str | os.PathLike[str], generator, *, file_format: str = "nifti-gz",
+               seed: int = 0, allow_foreign: bool = False, volume_filter=None) -> SyntheticCache:
         """Make a cache folder for ``generator`` (or open the existing one, checking it was made alike)."""
         path = Path(path)
         meta = cls.describe(generator, file_format, seed, volume_filter)
@@ -198,7 +178,7 @@ class SyntheticCache:
         cache.check_generator(generator, allow_foreign=allow_foreign)
         return cache
 
-    def check_generator(self, generator, allow_foreign: bool = False) -> None:  # noqa: ANN001
+    def check_generator(self, generator, allow_foreign: bool = False) -> None:
         """Refuse a generator from another bundle, or with other sampler settings, unless ``allow_foreign``."""
         if allow_foreign:
             return
@@ -214,7 +194,7 @@ class SyntheticCache:
                              where=str(self.path), fix="use the cache's settings (see `synthaug cache info`), "
                                                        "or another cache folder")
 
-    def check_filter(self, volume_filter) -> None:  # noqa: ANN001 - synthaug.mix.filter.VolumeFilter | None
+    def check_filter(self, volume_filter) -> None:  # synthaug.mix.filter.VolumeFilter | None
         """Refuse to add volumes kept by another filter (or none) than the one the cache was made with."""
         ours = self.meta.get("filter")
         theirs = volume_filter.describe() if volume_filter is not None else None
@@ -238,7 +218,7 @@ class SyntheticCache:
     def fingerprint(self) -> str:
         return str(self.meta["bundle_fingerprint"])
 
-    def data_config(self):  # noqa: ANN201 - synthaug.config.DataConfig
+    def data_config(self):  # synthaug.config.DataConfig
         """The data settings (shape, spacing, normalisation) of the generator that made the cache."""
         from synthaug.config import DataConfig
 
@@ -255,7 +235,7 @@ class SyntheticCache:
     # ------------------------------------------------------------ manifest
 
     @staticmethod
-    def _lock_for(path: Path):  # noqa: ANN205 - a filelock lock
+    def _lock_for(path: Path):  # a filelock lock
         from filelock import FileLock
 
         return FileLock(str(path / f"{MANIFEST_FILE}.lock"), timeout=600)
@@ -400,13 +380,15 @@ class SyntheticCache:
         pairs = _interleave(counts)
         return [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)][i::n]
 
-    def pregenerate(self, generator, n: int | None = None, *, class_balance: str | Mapping[int, float] = "equal",  # noqa: ANN001
+    def pregenerate(self, generator, n: int | None = None, *, class_balance: ClassBalance = "equal",
                     counts: Mapping[int, int] | None = None, shard: tuple[int, int] = (0, 1),
                     batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
-                    allow_foreign: bool = False, volume_filter=None) -> int:  # noqa: ANN001
+                    allow_foreign: bool = False, volume_filter=None,
+                    real_counts: Mapping[int, int] | None = None) -> int:
         """Make the volumes of ``n`` (split by ``class_balance``) or ``counts`` that the cache lacks; returns how many.
 
-        ``batch_size`` None: the generator's.
+        ``batch_size`` None: the generator's. ``real_counts`` ({label: real training items}): needed by the
+        balances ``match_real`` and ``fill_minority`` (``synthaug.mix.balance``).
 
         Resumable and shardable: the batches wanted are fixed by (counts, batch size, shard); a batch with
         any volume missing from the manifest is made again whole (its other volumes come out identical and
@@ -414,7 +396,7 @@ class SyntheticCache:
         """
         self.check_generator(generator, allow_foreign=allow_foreign)
         self.check_filter(volume_filter)
-        counts = counts if counts is not None else class_counts(n or 0, class_balance)
+        counts = counts if counts is not None else pregeneration_quotas(n or 0, class_balance, real_counts)
         batch_size = generator.batch_size if batch_size is None else batch_size
         if volume_filter is not None:
             return self._pregenerate_filtered(generator, counts, volume_filter, shard, batch_size, progress)
@@ -432,7 +414,7 @@ class SyntheticCache:
                 progress(done, total)
         return made
 
-    def _pregenerate_filtered(self, generator, counts: Mapping[int, int], volume_filter,  # noqa: ANN001
+    def _pregenerate_filtered(self, generator, counts: Mapping[int, int], volume_filter,
                               shard: tuple[int, int], batch_size: int,
                               progress: Callable[[int, int], None] | None) -> int:
         """Candidates ``syn-l{c}-{j}``, j = 0, 1, ..., in order, until each class has exactly its count.
@@ -464,7 +446,7 @@ class SyntheticCache:
                     progress(sum(min(len(self.ids(k)), counts.get(k, 0)) for k in LABELS), total)
         return made
 
-    def make(self, generator, pairs: Sequence[tuple[int, int]], volume_filter=None,  # noqa: ANN001
+    def make(self, generator, pairs: Sequence[tuple[int, int]], volume_filter=None,
              keep: int | None = None) -> list[str]:
         """Generate, write (atomically) and record the volumes ``(label, index)``; returns the ids newly recorded.
 

@@ -40,7 +40,7 @@ class VolumeFilter:
 
     def __init__(self, net: torch.nn.Module, model: str, data: DataConfig, confidence: float,
                  crop: Sequence[int] | None = None) -> None:
-        from synthaug.sweep import VolumeStore
+        from synthaug.data.volume_store import VolumeStore
 
         self.net = net.eval()
         self.model = model
@@ -50,13 +50,13 @@ class VolumeFilter:
         self.weights_sha256 = state_dict_sha256(net)
 
     @classmethod
-    def train(cls, manifest, data: DataConfig, *, model: str = "tiny-cnn", confidence: float = 0.8,  # noqa: ANN001
+    def train(cls, manifest, data: DataConfig, *, model: str = "tiny-cnn", confidence: float = 0.8,
               epochs: int = 10, crop: Sequence[int] | None = None, seed: int = FILTER_SEED) -> VolumeFilter:
         """Train ``model`` on the manifest's real train split, selected on its val split."""
         from monai.data import Dataset
 
         from classifiers import FitConfig, build_model, fit
-        from synthaug.sweep import VolumeStore
+        from synthaug.data.volume_store import VolumeStore
 
         check_confidence(confidence)
         if not manifest.split("train") or not manifest.split("val"):

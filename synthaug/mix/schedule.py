@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from synthaug.errors import InputError
+from synthaug.mix.ratio import Ratio
 
-SYNTHETIC_ONLY = "synthetic-only"
 KINDS = ("constant", "pretrain", "linear", "cosine", "callable")
 TEMPLATES = ("constant", "decay", "linear", "cosine", "pretrain:K")  # sweep --schedules
 
@@ -62,7 +62,7 @@ class RatioSchedule:
     def label(self) -> str:
         """The text that parses back to this schedule (the sweep's arm names)."""
         if self.kind == "constant":
-            return SYNTHETIC_ONLY if math.isinf(self.value) else f"{self.value:g}"
+            return Ratio(self.value).label
         if self.kind == "pretrain":
             return f"pretrain:{self.epochs}"
         if self.kind in ("linear", "cosine"):
@@ -88,55 +88,41 @@ class RatioSchedule:
         return min(length, round(length * r / (1.0 + r)))
 
 
-def _number(text: str, where: str) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise InputError(f"ratio {text!r} is not a number >= 0", where=where,
-                         fix=f"use e.g. 0, 0.5, 1, {SYNTHETIC_ONLY}, pretrain:5, linear:1 or cosine:1")
-    return value
+_SCHEDULES = f"a number, {Ratio.synthetic_only().label}, pretrain:K, linear:R or cosine:R"
 
 
-def parse_schedule(spec: float | int | str | RatioSchedule | Callable[[int], float], *, epochs: int | None = None,
-                   where: str = "ratio") -> RatioSchedule:
-    """A number, ``synthetic-only``, ``pretrain:K``, ``linear:R``, ``cosine:R``, a schedule or a callable.
+def parse_schedule(spec: float | int | str | Ratio | RatioSchedule | Callable[[int], float], *,
+                   epochs: int | None = None, where: str = "ratio") -> RatioSchedule:
+    """A ratio (``0.5``, ``synthetic-only``), ``pretrain:K``, ``linear:R``, ``cosine:R``, a schedule or a callable.
 
     ``epochs`` is the run's length, needed by ``linear``/``cosine`` (they reach 0 at its last epoch).
     """
     if isinstance(spec, RatioSchedule):
         return spec
+    if isinstance(spec, Ratio) or (isinstance(spec, (int, float)) and not isinstance(spec, bool)):
+        return RatioSchedule("constant", Ratio.parse(spec, where=where).value)
     if callable(spec):
         return RatioSchedule("callable", fn=spec)
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        if math.isinf(spec) and spec > 0:
-            return RatioSchedule("constant", math.inf)
-        return RatioSchedule("constant", _number(spec, where))
     text = str(spec).strip().lower()
-    if text in (SYNTHETIC_ONLY, "inf"):
-        return RatioSchedule("constant", math.inf)
     kind, sep, arg = text.partition(":")
     if not sep:
-        try:
-            float(text)
-        except ValueError:
-            raise InputError(f"unknown ratio schedule {spec!r}", where=where,
-                             fix=f"use a number, {SYNTHETIC_ONLY}, pretrain:K, linear:R or cosine:R") from None
-        return RatioSchedule("constant", _number(text, where))
+        if not Ratio.is_written_as_ratio(text):
+            raise InputError(f"unknown ratio schedule {spec!r}", where=where, fix=f"use {_SCHEDULES}")
+        return RatioSchedule("constant", Ratio.parse(text, where=where).value)
     if kind == "pretrain":
         if not arg.isdigit() or int(arg) < 1:
             raise InputError(f"{spec!r}: pretrain needs a whole number of epochs >= 1", where=where,
                              fix="e.g. pretrain:5 (synthetic only for 5 epochs, then real only)")
         return RatioSchedule("pretrain", math.inf, int(arg))
     if kind in ("linear", "cosine", "decay"):
-        start = _number(arg, where)
+        start = Ratio.parse(arg, where=where)
+        if start.is_synthetic_only:
+            raise InputError(f"{spec!r}: a decay starts from a finite ratio", where=where, fix="e.g. linear:1")
         if epochs is None or int(epochs) < 1:
             raise InputError(f"{spec!r} decays over the run, whose length is not given", where=where,
                              fix="pass epochs= (the number of training epochs) with a decay schedule")
-        return RatioSchedule("cosine" if kind == "cosine" else "linear", start, int(epochs))
-    raise InputError(f"unknown ratio schedule {spec!r}", where=where,
-                     fix=f"use a number, {SYNTHETIC_ONLY}, pretrain:K, linear:R or cosine:R")
+        return RatioSchedule("cosine" if kind == "cosine" else "linear", start.value, int(epochs))
+    raise InputError(f"unknown ratio schedule {spec!r}", where=where, fix=f"use {_SCHEDULES}")
 
 
 def parse_templates(text: str | Iterable[str], where: str = "--schedules") -> list[str]:
@@ -165,14 +151,12 @@ def arm_schedules(templates: Sequence[str], ratios: Sequence[float | str]) -> li
     labels: list[str] = []
     for template in templates:
         for r in ratios:
-            constant = parse_schedule(r, where="--ratios")
-            if template == "constant":
-                labels.append(constant.label)
+            ratio = Ratio.parse(r, where="--ratios")
+            if template == "constant" or (template in ("linear", "cosine") and ratio.is_real_only):
+                labels.append(ratio.label)
             elif template in ("linear", "cosine"):
-                if constant.value == 0:
-                    labels.append(constant.label)
-                elif math.isfinite(constant.value):
-                    labels.append(f"{template}:{constant.value:g}")
+                if not ratio.is_synthetic_only:
+                    labels.append(f"{template}:{ratio.label}")
             else:
                 labels.append(template)
     return list(dict.fromkeys(labels))

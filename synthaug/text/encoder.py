@@ -19,10 +19,11 @@ Three kinds of model (``TextConfig.kind``; ``"auto"`` reads ``config.json``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +239,7 @@ class TextEncoder:
             raise ConfigError(f"text.max_tokens {self.cfg.max_tokens} exceeds the {limit} positions of {self.model_id}",
                               where="text.max_tokens", fix=f"set text.max_tokens <= {limit}")
 
-    def _load_tokenizer(self):  # noqa: ANN202 - a transformers tokenizer
+    def _load_tokenizer(self):  # a transformers tokenizer
         from transformers import AutoTokenizer
 
         try:
@@ -274,22 +275,18 @@ class TextEncoder:
         dtype_arg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         kwargs = {"local_files_only": True, "trust_remote_code": self.cfg.trust_remote_code, dtype_arg: self.dtype}
         model_type = str(self.config.get("model_type", ""))
-        bars = transformers.utils.logging.is_progress_bar_enabled()
-        transformers.utils.logging.disable_progress_bar()  # our own progress display owns the terminal
         try:
-            if self.kind == "t5" and model_type in _T5_ENCODERS:
-                model = getattr(transformers, _T5_ENCODERS[model_type]).from_pretrained(str(self.folder), **kwargs)
-            elif self.kind == "t5":
-                model = transformers.AutoModel.from_pretrained(str(self.folder), **kwargs).get_encoder()
-            else:
-                model = transformers.AutoModel.from_pretrained(str(self.folder), **kwargs)
+            with _no_progress_bars():  # our own progress display owns the terminal
+                if self.kind == "t5" and model_type in _T5_ENCODERS:
+                    model = getattr(transformers, _T5_ENCODERS[model_type]).from_pretrained(str(self.folder), **kwargs)
+                elif self.kind == "t5":
+                    model = transformers.AutoModel.from_pretrained(str(self.folder), **kwargs).get_encoder()
+                else:
+                    model = transformers.AutoModel.from_pretrained(str(self.folder), **kwargs)
         except Exception as exc:  # any loader failure: the folder does not hold a usable model
             raise ConfigError(f"cannot load text model {self.model_id} as kind {self.kind!r} "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
                               where="text.model", fix="set text.kind to match the model, or " + _FIX) from exc
-        finally:
-            if bars:
-                transformers.utils.logging.enable_progress_bar()
         model.eval().requires_grad_(False)
         self._model = model.to(self.device)
         return self._model
@@ -344,6 +341,20 @@ class TextEncoder:
             features[rows, : hidden.shape[1]] = hidden
             mask[rows, : attn.shape[1]] = attn
         return features, mask
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Switch transformers' progress bars off for the block, then back to what they were (global state, scoped)."""
+    from transformers.utils import logging as hf_logging
+
+    were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if were_on:
+            hf_logging.enable_progress_bar()
 
 
 def default_model_available() -> bool:

@@ -6,65 +6,21 @@ arm of the study); trials.csv, summary.json, the ratio plot, the heatmap and rep
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from synthaug.apps.sweep.statistics import holm, mean_ci, paired_difference
 from synthaug.data.io import atomic_path, atomic_write_text
 
-LEVEL = 0.95
 
-
-def mean_ci(values: Sequence[float | None], bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
-    """Mean and t-based 95% CI over seeds, clipped to the metric's ``bounds``; None with fewer than 2 values."""
-    from scipy import stats
-
-    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if len(x) == 0:
-        return {"mean": None, "low": None, "high": None, "n": 0}
-    if len(x) < 2:
-        return {"mean": float(x.mean()), "low": None, "high": None, "n": 1}
-    half = float(stats.t.ppf(0.5 + LEVEL / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    low, high = max(bounds[0], float(x.mean() - half)), min(bounds[1], float(x.mean() + half))
-    return {"mean": float(x.mean()), "low": low, "high": high, "n": len(x)}
-
-
-def paired_difference(arm: dict[int, float | None], reference: dict[int, float | None]) -> dict[str, Any]:
-    """arm - reference over the seeds both have: mean, 95% CI and the paired t-test p-value."""
-    from scipy import stats
-
-    seeds = sorted(s for s in arm if s in reference and arm[s] is not None and reference[s] is not None)
-    diffs = [arm[s] - reference[s] for s in seeds]
-    out = {**mean_ci(diffs, bounds=(-1.0, 1.0)), "seeds": seeds, "p": None, "effect_size": None}
-    if len(diffs) >= 2 and np.std(diffs) > 0:
-        out["p"] = float(stats.ttest_rel([arm[s] for s in seeds], [reference[s] for s in seeds]).pvalue)
-        out["effect_size"] = float(np.mean(diffs) / np.std(diffs, ddof=1))  # Cohen's d_z of the paired differences
-    return out
-
-
-def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input's order.
-
-    ``None`` (no test possible) stays ``None`` and does not count as a comparison.
-    """
-    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    out: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(tested):
-        running = max(running, min(1.0, (len(tested) - rank) * p))
-        out[i] = running
-    return out
-
-
-def summarise(study, settings, described: dict[str, dict] | None = None) -> dict[str, Any]:  # noqa: ANN001
+def summarise(study, settings, described: dict[str, dict] | None = None) -> dict[str, Any]:
     """Per arm: validation and test metrics (mean, CI, per seed) and the paired difference from real-only."""
     import optuna
 
-    from synthaug.sweep import TEST_METRICS
-    from synthaug.sweep_arms import Arm, arm_order
+    from synthaug.apps.sweep.arms import Arm, arm_order
+    from synthaug.apps.sweep.settings import TEST_METRICS
 
     per_arm: dict[str, dict[str, Any]] = {}
     for t in study.trials:
@@ -119,7 +75,7 @@ def verdict(per_arm: dict[str, Any], best: str | None, metric: str, model: str, 
             comparisons: int) -> str:
     """One honest sentence per classifier: the best arm on validation only when its gain over real-only
     on test survives the Holm correction across every comparison of the study."""
-    from synthaug.sweep_arms import Arm
+    from synthaug.apps.sweep.arms import Arm
 
     if best is None:
         return f"{model}: no arm finished; nothing to report"
@@ -148,7 +104,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synthaug.sweep_arms import Arm
+    from synthaug.apps.sweep.arms import Arm
 
     metric, per_arm = summary["metric"], summary["per_arm"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
@@ -181,7 +137,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
 def heatmap_grid(summary: dict[str, Any], model: str) -> tuple[list[str], list[str], np.ndarray]:
     """(rows, columns, mean paired difference from real-only): rows are schedule kinds (and sources), columns
     the ratio each arm starts from."""
-    from synthaug.sweep_arms import Arm
+    from synthaug.apps.sweep.arms import Arm
 
     metric, cells = summary["metric"], {}
     for key in summary["per_model"][model]["arms"]:
@@ -230,7 +186,7 @@ def write_heatmap(summary: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def _save(fig, path: Path) -> None:  # noqa: ANN001 - matplotlib Figure
+def _save(fig, path: Path) -> None:  # matplotlib Figure
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
@@ -288,12 +244,12 @@ def write_report(summary: dict[str, Any], path: Path, heatmap: bool) -> None:
     atomic_write_text(path, "\n".join(lines))
 
 
-def write_trials_csv(study, path: Path) -> None:  # noqa: ANN001
+def write_trials_csv(study, path: Path) -> None:
     """One row per trial and seed: the trial, its arm and params, the seed's validation and test metrics."""
     import csv
     import io
 
-    from synthaug.sweep import TEST_METRICS
+    from synthaug.apps.sweep.settings import TEST_METRICS
 
     columns = ["trial", "state", "arm", "model", "synthetic", "schedule", "lr", "epochs", "value", "duplicate",
                "seed", "val", "best_epoch", "threshold", "train_items", "real_items_seen", "synthetic_items_seen",
@@ -310,7 +266,7 @@ def write_trials_csv(study, path: Path) -> None:  # noqa: ANN001
     atomic_write_text(path, buffer.getvalue())
 
 
-def write_outputs(study, settings, out: Path, described: dict[str, dict] | None = None) -> dict[str, Any]:  # noqa: ANN001
+def write_outputs(study, settings, out: Path, described: dict[str, dict] | None = None) -> dict[str, Any]:
     """trials.csv, summary.json, ratio_vs_metric.png, arms_heatmap.png and report.md in ``out``; returns the summary."""
     summary = summarise(study, settings, described)
     write_trials_csv(study, out / "trials.csv")

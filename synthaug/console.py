@@ -1,16 +1,19 @@
-"""What the user sees: rich tables and progress bars for each command's results."""
+"""What the CLI user sees: rich progress bars (each drives a ``synthaug.progress.Progress``) and the tables
+of ``synthaug data check``."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 
+from rich import progress as rich_progress
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from synthaug.data.check import DatasetSummary
 from synthaug.data.manifest import SPLITS
+from synthaug.progress import Progress
 
 
 @contextlib.contextmanager
@@ -18,7 +21,7 @@ def progress_bar(description: str, console: Console | None = None) -> Iterator[C
     """Yield a ``(done, total)`` callback that drives a rich progress bar with ETA."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with rich_progress.Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
@@ -28,11 +31,11 @@ def progress_bar(description: str, console: Console | None = None) -> Iterator[C
 
 
 @contextlib.contextmanager
-def stage_progress(console: Console | None = None) -> Iterator[Callable[[str, int, int, dict], None]]:
+def stage_progress(console: Console | None = None) -> Iterator[Progress]:
     """Yield a ``(stage, done, total, logs)`` callback: one bar per stage, with loss and it/s when given."""
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[logs]}"))
-    with Progress(*columns, console=console) as progress:
+    with rich_progress.Progress(*columns, console=console) as progress:
         tasks: dict[str, int] = {}
 
         def update(stage: str, done: int, total: int, logs: dict) -> None:

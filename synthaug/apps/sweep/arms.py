@@ -8,15 +8,14 @@ a bundle), e.g. ``class_guidance=1`` and ``class_guidance=4``; a single source b
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthaug.mix.schedule import SYNTHETIC_ONLY, parse_schedule
+from synthaug.mix.ratio import Ratio
 
-REAL_ONLY = "0"
+REAL_ONLY = Ratio.real_only().label  # "0"
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,13 @@ class Arm:
         """What the arm controls, in words (the report's "role" column)."""
         if self.is_real_only:
             return "real only: the count-matched real control"
-        if self.schedule == SYNTHETIC_ONLY:
-            return "synthetic only: CAS (train on synthetic, test on real)"
         kind, _, arg = self.schedule.partition(":")
         if kind == "pretrain":
             return f"pretrain on synthetic for {arg} epoch{'s' if arg != '1' else ''}, then fine-tune on real"
         if kind in ("linear", "cosine"):
             return f"synthetic:real {arg} decaying ({kind}) to 0 over the run"
+        if Ratio.parse(self.schedule).is_synthetic_only:
+            return "synthetic only: CAS (train on synthetic, test on real)"
         return f"real + synthetic at {self.schedule}:1"
 
     def axes(self) -> tuple[str, str]:
@@ -86,12 +85,12 @@ def arm_order(arm: Arm) -> tuple:
     kind, _, arg = arm.schedule.partition(":")
     rank = {"linear": 2, "cosine": 3, "pretrain": 4}.get(kind, 0)
     if rank == 0:
-        value = parse_schedule(arm.schedule).value
-        return (1 if math.isinf(value) else 0, value, arm.synthetic)
+        ratio = Ratio.parse(arm.schedule)
+        return (1 if ratio.is_synthetic_only else 0, ratio.value, arm.synthetic)
     return (rank, float(arg), arm.synthetic)
 
 
-def describe_source(source: Any) -> dict[str, Any]:  # noqa: ANN401 - SyntheticCache | CCELLAGenerator
+def describe_source(source: Any) -> dict[str, Any]:  # SyntheticCache | CCELLAGenerator
     """The settings that made a source's volumes (what names it among several)."""
     from synthaug.mix.cache import SyntheticCache
 

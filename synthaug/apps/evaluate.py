@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,18 @@ import torch
 from synthaug.config import DataConfig
 from synthaug.data.io import atomic_write_text
 from synthaug.errors import InputError
-
-Progress = Callable[[str, int, int, dict], None]
+from synthaug.progress import Progress
 
 
 def _preprocessed(items: list[dict], data: DataConfig) -> list[dict]:
     """Items with the image replaced by the preprocessed ``(1, X, Y, Z)`` array in [0, 1]."""
-    from synthaug.sweep import VolumeStore
+    from synthaug.data.volume_store import VolumeStore
 
     load = VolumeStore(data)
     return [{**item, "image": load(item)["image"].numpy()} for item in items]
 
 
-def fidelity_classifier(manifest, data: DataConfig, model: str = "tiny-cnn", epochs: int = 10,  # noqa: ANN001
+def fidelity_classifier(manifest, data: DataConfig, model: str = "tiny-cnn", epochs: int = 10,
                         seed: int = 0, crop: tuple[int, int, int] | None = None,
                         lr: float = 1e-3) -> Callable[[torch.Tensor], torch.Tensor]:
     """Train ``model`` on the real train split (selected on val); returns volumes (B, 1, X, Y, Z) -> P(class 1).
@@ -53,8 +53,8 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
     from monai.data import Dataset
 
     from classifiers import FitConfig, build_model, fit
+    from synthaug.data.volume_store import VolumeStore
     from synthaug.metrics.features import state_dict_sha256
-    from synthaug.sweep import VolumeStore
 
     load = VolumeStore(data, crop)
     net = build_model(model, in_channels=1, num_classes=2, seed=seed)
@@ -75,7 +75,7 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
     return predict
 
 
-def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Progress | None = None) -> list[dict]:  # noqa: ANN001
+def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Progress | None = None) -> list[dict]:
     """One synthetic volume per real case, from its own report and label (seed = its index); NIfTI in ``out``."""
     from synthaug.generate import write_volume
 
@@ -97,9 +97,9 @@ def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Prog
     return items
 
 
-def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], torch.Tensor], judge_name: str,  # noqa: ANN001
-                 synthetic_items: list[dict], *, split: str = "test", generator=None,  # noqa: ANN001
-                 model: str = "tiny-cnn", epochs: int = 10, crop: tuple[int, int, int] | None = None, seed: int = 0):  # noqa: ANN201
+def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], torch.Tensor], judge_name: str,
+                 synthetic_items: list[dict], *, split: str = "test", generator=None,
+                 model: str = "tiny-cnn", epochs: int = 10, crop: tuple[int, int, int] | None = None, seed: int = 0):
     """The class-signal chain (``synthaug.metrics.class_signal``) of a synthetic set with real data's ``judge``.
 
     Real and synthetic volumes go through the same preprocessing as the judge's training data. With the
@@ -107,8 +107,8 @@ def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], tor
     (its class head on the val + test reports) are scored too. CAS trains ``model`` with another seed than
     the judge on the synthetic set alone, and on as many real training cases, and scores both on ``split``.
     """
+    from synthaug.data.volume_store import VolumeStore
     from synthaug.metrics.class_signal import class_signal_chain
-    from synthaug.sweep import VolumeStore
 
     load = VolumeStore(data)
     test_items = manifest.items(split)
@@ -142,6 +142,67 @@ def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], tor
                                                                [c["requested_label"] for c in synthetic_items])})
 
 
+@dataclass
+class _SyntheticSet:
+    """What is evaluated: the items (with ``requested_label``), the data geometry they were made for, the
+    generator's training cases (the memorisation reference) and the generator itself when known."""
+
+    items: list[dict]
+    data: DataConfig
+    train_ids: set[str]
+    generator: Any = None  # CCELLAGenerator, for the paper protocol
+    cache: Any = None  # SyntheticCache
+    filter_sha256: str | None = None  # a cache's filter, which must not be the judge
+
+    def source_generator(self):  # -> CCELLAGenerator | None
+        """The generator that made the set (a cache's only when its bundle is still where it was)."""
+        return self.generator if self.cache is None else _cache_generator(self.cache)
+
+
+def _check_options(split: str, features: str, max_synthetic: int | None) -> None:
+    from synthaug.data.manifest import SPLITS
+
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}", where="--split", fix=f"choose one of {', '.join(SPLITS)}")
+    if features not in ("judge", "seeded"):
+        raise InputError(f"unknown features {features!r}", where="--features", fix="use judge or seeded")
+    if max_synthetic is not None and max_synthetic < 1:
+        raise InputError(f"must be >= 1, got {max_synthetic}", where="--max-synthetic", fix="evaluate at least one volume")
+
+
+def _paper_protocol_set(bundle: str | os.PathLike[str] | None, real_cases: list[dict], out: Path,
+                        generator_options: dict[str, Any] | None, progress: Progress | None) -> _SyntheticSet:
+    from synthaug.generate import CCELLAGenerator
+
+    if bundle is None:
+        raise InputError("the paper protocol generates from a bundle", where="--paper-protocol",
+                         fix="pass --bundle BUNDLE (one synthetic volume per real case from its report)")
+    generator = CCELLAGenerator.from_bundle(bundle, **(generator_options or {}))
+    items = paper_protocol_items(generator, real_cases, out / "paper_protocol", progress)
+    return _SyntheticSet(items, generator.bundle.config.data, generator.bundle.train_case_ids, generator)
+
+
+def _cache_set(synthetic: str | os.PathLike[str] | None, max_synthetic: int | None) -> _SyntheticSet:
+    from synthaug.mix.cache import SyntheticCache
+
+    if synthetic is None:
+        raise InputError("nothing to evaluate", where="--synthetic", fix="pass --synthetic CACHE or --paper-protocol")
+    cache = SyntheticCache(synthetic)
+    items = [{**item, "requested_label": item["label"]} for item in cache.items()]
+    if max_synthetic is not None:
+        items = items[::max(1, len(items) // max_synthetic)][:max_synthetic]
+    return _SyntheticSet(items, cache.data_config(), cache.train_case_ids, cache=cache,
+                         filter_sha256=(cache.meta.get("filter") or {}).get("weights_sha256"))
+
+
+def _judge_features(predict, fidelity_model: str, fidelity_epochs: int):  # -> ClassifierFeatures
+    from synthaug.metrics.features import ClassifierFeatures
+
+    return ClassifierFeatures(predict.net, crop=predict.crop, name=(
+        f"judge features: {fidelity_model} trained on the real train split (seed 0, {fidelity_epochs} epochs), "
+        "penultimate layer; not comparable to published FIDs"))
+
+
 def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[str] | None,
                        out: str | os.PathLike[str], *, split: str = "test", bundle: str | os.PathLike[str] | None = None,
                        paper_protocol: bool = False, generator_options: dict[str, Any] | None = None,
@@ -156,64 +217,38 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
     (the fidelity classifier's penultimate layer, trained on the real train split: it sees anatomy) or
     ``seeded`` (a seeded random ResNet, which ranks texture over layout). Every output names which.
     """
-    from synthaug.data.manifest import SPLITS, load_manifest
+    from synthaug.data.manifest import load_manifest
     from synthaug.metrics import evaluate_quality
     from synthaug.metrics.class_signal import check_judge
-    from synthaug.mix.cache import SyntheticCache
 
-    if split not in SPLITS:
-        raise InputError(f"unknown split {split!r}", where="--split", fix=f"choose one of {', '.join(SPLITS)}")
-    if features not in ("judge", "seeded"):
-        raise InputError(f"unknown features {features!r}", where="--features", fix="use judge or seeded")
-    if max_synthetic is not None and max_synthetic < 1:
-        raise InputError(f"must be >= 1, got {max_synthetic}", where="--max-synthetic", fix="evaluate at least one volume")
-    manifest = load_manifest(manifest_path)
+    _check_options(split, features, max_synthetic)
+    manifest, out = load_manifest(manifest_path), Path(out)
     real_cases = manifest.items(split)
-    out = Path(out)
-    if paper_protocol:
-        from synthaug.generate import CCELLAGenerator
-
-        if bundle is None:
-            raise InputError("the paper protocol generates from a bundle", where="--paper-protocol",
-                             fix="pass --bundle BUNDLE (one synthetic volume per real case from its report)")
-        generator = CCELLAGenerator.from_bundle(bundle, **(generator_options or {}))
-        data, train_ids = generator.bundle.config.data, generator.bundle.train_case_ids
-        synthetic_items = paper_protocol_items(generator, real_cases, out / "paper_protocol", progress)
-    else:
-        if synthetic is None:
-            raise InputError("nothing to evaluate", where="--synthetic", fix="pass --synthetic CACHE or --paper-protocol")
-        cache = SyntheticCache(synthetic)
-        data, train_ids = cache.data_config(), cache.train_case_ids
-        synthetic_items = [{**item, "requested_label": item["label"]} for item in cache.items()]
-        if max_synthetic is not None:
-            synthetic_items = synthetic_items[::max(1, len(synthetic_items) // max_synthetic)][:max_synthetic]
-    train_cases = [c for c in manifest.items("train") if c["case_id"] in train_ids] or manifest.items("train")
+    evaluated = _paper_protocol_set(bundle, real_cases, out, generator_options, progress) if paper_protocol \
+        else _cache_set(synthetic, max_synthetic)
+    data = evaluated.data
+    train_cases = [c for c in manifest.items("train") if c["case_id"] in evaluated.train_ids] or manifest.items("train")
     predict = fidelity_classifier(manifest, data, fidelity_model, fidelity_epochs, crop=fidelity_crop) \
         if fidelity_model else None
     if predict is not None and not paper_protocol:  # before any more work: the judge must not be the filter
-        check_judge(predict.weights_sha256, (cache.meta.get("filter") or {}).get("weights_sha256"))
-    extractor = None
-    if features == "judge" and predict is not None and medicalnet is None:
-        from synthaug.metrics.features import ClassifierFeatures
-
-        extractor = ClassifierFeatures(predict.net, crop=predict.crop, name=(
-            f"judge features: {fidelity_model} trained on the real train split (seed 0, {fidelity_epochs} epochs), "
-            "penultimate layer; not comparable to published FIDs"))
-    metrics = evaluate_quality(_preprocessed(real_cases, data), synthetic_items, out, medicalnet=medicalnet,
+        check_judge(predict.weights_sha256, evaluated.filter_sha256)
+    extractor = _judge_features(predict, fidelity_model, fidelity_epochs) \
+        if features == "judge" and predict is not None and medicalnet is None else None
+    metrics = evaluate_quality(_preprocessed(real_cases, data), evaluated.items, out, medicalnet=medicalnet,
                                radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
                                resize=resize, extractor=extractor, progress=progress)
     if predict is not None and not resize:
         judge = f"{fidelity_model} (seed 0, trained on the real train split, {fidelity_epochs} epochs)"
-        chain = class_signal(manifest, data, predict, judge, synthetic_items, split=split,
-                             generator=generator if paper_protocol else _cache_generator(cache),
-                             model=fidelity_model, epochs=fidelity_epochs, crop=fidelity_crop)
+        chain = class_signal(manifest, data, predict, judge, evaluated.items, split=split,
+                             generator=evaluated.source_generator(), model=fidelity_model, epochs=fidelity_epochs,
+                             crop=fidelity_crop)
         metrics["class_signal"] = chain.to_dict()
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         atomic_write_text(out / "report.md", (out / "report.md").read_text(encoding="utf-8") + "\n" + chain.markdown())
     return metrics
 
 
-def _cache_generator(cache):  # noqa: ANN001, ANN202 - SyntheticCache -> CCELLAGenerator | None
+def _cache_generator(cache):  # SyntheticCache -> CCELLAGenerator | None
     """The generator of a cache when its bundle is still where ``cache.json`` says (for the VAE and adapter links)."""
     from synthaug.generate import CCELLAGenerator
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from synthaug.data.io import atomic_write_text
+from synthaug.markdown import markdown_table
 
 IMAGES = [("quality/montage_class0.png", "Real (left) vs synthetic (right) mid-slices, class 0"),
           ("quality/montage_class1.png", "Real (left) vs synthetic (right) mid-slices, class 1"),
@@ -53,7 +54,7 @@ def _quality_rows(out: Path) -> list[tuple[str, str]]:
     return list(headline(json.loads(file.read_text(encoding="utf-8"))))
 
 
-def _chain(out: Path):  # noqa: ANN202 - ClassSignalChain | None
+def _chain(out: Path):  # ClassSignalChain | None
     """The class-signal chain `synthaug evaluate` wrote into quality/metrics.json, if any."""
     file = out / "quality" / "metrics.json"
     data = json.loads(file.read_text(encoding="utf-8")).get("class_signal") if file.is_file() else None
@@ -64,31 +65,27 @@ def _chain(out: Path):  # noqa: ANN202 - ClassSignalChain | None
     return ClassSignalChain.from_dict(data)
 
 
-def _markdown(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
+def _markdown(out: Path, summary: dict, plan, state: dict) -> str:
     header, rows = ratio_table(summary)
     lines = ["# synthaug demo report", "", f"**Result:** {summary['verdict']}.", "",
              f"## Does synthetic data help? ({summary['models'][0]}, {summary['seeds']} seeds per ratio, test split)", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+             *markdown_table(header, rows)]
     chain = _chain(out)
     if chain is not None:
         lines += ["", "## Do the synthetic volumes carry their class?", "", chain.sentence(), "",
-                  "| " + " | ".join(chain.HEADER) + " |", "|" + "---|" * len(chain.HEADER)]
-        lines += ["| " + " | ".join(r) + " |" for r in chain.rows()]
-    lines += ["", "## Quality of the synthetic volumes", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in _quality_rows(out)]
+                  *markdown_table(chain.HEADER, chain.rows())]
+    lines += ["", "## Quality of the synthetic volumes", "", *markdown_table(["metric", "value"], _quality_rows(out))]
     lines += ["", "## Pictures", ""]
     lines += [f"![{caption}]({path})" for path, caption in IMAGES if (out / path).is_file()]
     lines += ["", "## Choices made to fit a CPU", ""] + [f"- {c}" for c in plan.choices()]
-    lines += ["", "## Stages", "", "| stage | seconds | reused |", "|---|---|---|"]
-    lines += [f"| {name} | {s.get('seconds', 0):.0f} | {'yes' if s.get('reused') else 'no'} |"
-              for name, s in state.items()]
+    stages = [[name, f"{s.get('seconds', 0):.0f}", "yes" if s.get("reused") else "no"] for name, s in state.items()]
+    lines += ["", "## Stages", "", *markdown_table(["stage", "seconds", "reused"], stages)]
     lines += ["", "## What this is not", "", CAVEATS, "",
               "Details: `sweep/report.md`, `sweep/summary.json`, `quality/report.md`, `quality/metrics.json`.", ""]
     return "\n".join(lines)
 
 
-def _html(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
+def _html(out: Path, summary: dict, plan, state: dict) -> str:
     e = html.escape
     header, rows = ratio_table(summary)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>synthaug demo report</title>",
@@ -121,7 +118,7 @@ def _html(out: Path, summary: dict, plan, state: dict) -> str:  # noqa: ANN001
     return "\n".join(parts)
 
 
-def write_demo_report(out: Path, plan, state: dict) -> None:  # noqa: ANN001
+def write_demo_report(out: Path, plan, state: dict) -> None:
     summary = json.loads((out / "sweep" / "summary.json").read_text(encoding="utf-8"))
     atomic_write_text(out / "report.md", _markdown(out, summary, plan, state))
     atomic_write_text(out / "report.html", _html(out, summary, plan, state))

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from synthaug.data.io import atomic_write_text
+from synthaug.mix.ratio import Ratio
+from synthaug.progress import Progress
 
-Progress = Callable[[str, int, int, dict], None]
 STATE_FILE = "demo_state.json"
 
 
@@ -94,7 +95,7 @@ class DemoPlan:
 
 
 QUICK = DemoPlan(n_cases=60, image_shape=(32, 32, 16), autoencoder_steps=20, ldm_steps=80, synthetic=16,
-                 ratios=(0.0, 0.5, 1.0, 2.0, "synthetic-only"),  # every kind of arm, each cheap here
+                 ratios=(0.0, 0.5, 1.0, 2.0, Ratio.synthetic_only().label),  # every kind of arm, each cheap here
                  sampler_steps=10, evaluate_max=24, fidelity_epochs=3, seeds=2, epochs=4, crop=(24, 24, 12),
                  extra_train=("data.spacing=[3.0, 3.0, 6.0]",))
 
@@ -133,13 +134,13 @@ class _Stages:
 def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progress: Progress | None = None,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every stage into ``out``; returns the final summary (also in ``summary.json``)."""
+    from synthaug.apps.evaluate import evaluate_synthetic
+    from synthaug.apps.sweep import SweepSettings, run_sweep
     from synthaug.config import load_config
     from synthaug.data.phantom import write_phantom_dataset
-    from synthaug.evaluate import evaluate_synthetic
     from synthaug.generate import CCELLAGenerator
     from synthaug.ldm.train import train_generator
     from synthaug.mix.cache import SyntheticCache
-    from synthaug.sweep import SweepSettings, run_sweep
 
     plan = QUICK if quick else DemoPlan()
     out = Path(out)
@@ -154,20 +155,16 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
     stages.run("phantom", [cfg.data.model_dump(mode="json"), cfg.phantom.model_dump(mode="json")], [phantom],
                lambda: write_phantom_dataset(phantom, cfg.data, cfg.phantom, progress=cases, overwrite=True))
 
-    def train() -> None:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        train_generator(manifest, bundle, cfg, work_dir=out / "bundle.work", overwrite=True, progress=progress)
-
-    stages.run("train", cfg.to_dict(), [bundle, out / "bundle.work"], train)
+    stages.run("train", cfg.to_dict(), [bundle, out / "bundle.work"],
+               lambda: train_generator(manifest, bundle, cfg, work_dir=out / "bundle.work", overwrite=True,
+                                       progress=progress))
 
     def cache_size() -> int:
         """Enough volumes per class for the largest ratio, so no epoch repeats a synthetic volume."""
         from synthaug.data.manifest import load_manifest
 
         n_train = len(load_manifest(manifest).split("train"))
-        largest = max([float(r) for r in plan.ratios if r != "synthetic-only"] + [1.0])
+        largest = max([r.value for r in map(Ratio.parse, plan.ratios) if not r.is_synthetic_only] + [1.0])
         return max(plan.synthetic, 2 * math.ceil(largest * n_train / 2) + 2)
 
     def pregenerate() -> None:
@@ -186,7 +183,7 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
                lambda: run_sweep(manifest, cache, sweep, settings, progress=progress))
 
     def report() -> None:
-        from synthaug.demo_report import write_demo_report
+        from synthaug.apps.demo.report import write_demo_report
 
         write_demo_report(out, plan, stages.state)
 

@@ -14,6 +14,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ from synthaug.data.io import atomic_write_text, check_volume_array, read_volume
 from synthaug.errors import InputError
 from synthaug.metrics import montage, quality
 from synthaug.metrics.features import FeatureExtractor, MedicalNet3D, RadImageNet2D, SeededResNet2D, SeededResNet3D
+from synthaug.progress import Progress
 
 FORMAT_VERSION = 1
 NORMALISATION = "per volume: percentile 0 -> 0, percentile 99.5 -> 1, clipped (real and synthetic alike)"
-Progress = Callable[[str, int, int, dict], None]
 
 
 # ------------------------------------------------------------------------------------------- volumes
@@ -135,6 +136,68 @@ def _predict(predict: Callable, volumes: torch.Tensor, batch_size: int) -> np.nd
     return np.concatenate(out)
 
 
+STAGES = ("load", "features 3d", "features 2.5d", "distances", "diversity", "memorisation", "conditioning", "outputs")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """How ``evaluate_quality`` computes and draws its metrics (its keyword arguments of the same names).
+
+    Args:
+        extractor / medicalnet: the 3D feature network (an object, or MedicalNet ResNet-50 weights);
+            neither -> the seeded random-weight default, flagged not comparable in every output.
+        extractor_2d / radimagenet: the 2.5D network (object or RadImageNet ResNet-50 weights); else seeded.
+        image_key: the items' key of the volume (a path or an ``(X, Y, Z)`` array).
+        seed: seeds the default feature networks, the KID subsets and the MS-SSIM pairs.
+        resize: resample volumes whose shape differs from the real set's (MONAI ``Resize``) instead of refusing.
+        device: where the default feature networks run.
+        kid_subsets / kid_subset_size: the KID's random subsets (how many, and how large).
+        k: neighbours of the precision/recall manifolds.
+        max_pairs: pairs of volumes per class that the MS-SSIM diversity averages.
+        memorisation_percentile: percentile of the training set's own nearest-neighbour distances that marks
+            (times the copy factor) a synthetic volume as a likely copy.
+        montage_rows: rows of each montage PNG.
+        batch_size: volumes per batch of the 3D feature network and of ``predict``.
+        max_slices_2d: evenly spaced slices per axis for the default 2.5D extractors (None: all slices).
+    """
+
+    extractor: FeatureExtractor | None
+    extractor_2d: FeatureExtractor | None
+    medicalnet: str | os.PathLike[str] | None
+    radimagenet: str | os.PathLike[str] | None
+    image_key: str
+    seed: int
+    resize: bool
+    device: str | torch.device
+    kid_subsets: int
+    kid_subset_size: int
+    k: int
+    max_pairs: int
+    memorisation_percentile: float
+    montage_rows: int
+    batch_size: int
+    max_slices_2d: int | None
+
+
+@dataclass
+class _Sets:
+    """The volumes compared, each ``(X, Y, Z)`` in [0, 1] at one ``shape``, stacked ``(N, 1, X, Y, Z)``, with the
+    labels that group them and the ids that name them. Without train items, ``train`` is the real set."""
+
+    real: list[np.ndarray]
+    synth: list[np.ndarray]
+    train: list[np.ndarray]
+    train_given: bool
+    shape: tuple[int, ...]
+    real_t: torch.Tensor
+    synth_t: torch.Tensor
+    train_t: torch.Tensor
+    real_labels: list[int | None]
+    synth_labels: list[int | None]  # requested_label, else label
+    synth_ids: list[str]
+    train_ids: list[str]
+
+
 def evaluate_quality(
     real_items: Sequence[Mapping],
     synthetic_items: Sequence[Mapping],
@@ -171,80 +234,145 @@ def evaluate_quality(
         predict: ``(B, 1, X, Y, Z)`` volumes in [0, 1] -> P(class 1), a classifier trained on real data,
             for conditioning fidelity (skipped when None).
         train_items: the generator's training set for the memorisation check (default: ``real_items``).
-        resize: resample volumes whose shape differs from the real set's (MONAI ``Resize``) instead of refusing.
-        max_slices_2d: evenly spaced slices per axis for the default 2.5D extractors (None: all slices).
-        progress: ``(stage, done, total, logs)`` callback, as ``synthaug.report.stage_progress`` yields.
+        progress: ``(stage, done, total, logs)`` callback (``synthaug.progress.Progress``) after each of the
+            ``STAGES``, as ``synthaug.console.stage_progress`` yields.
+        The other arguments: see ``QualitySettings``.
 
     Returns the metrics dict also written to ``metrics.json`` (``files`` names every output).
     """
-    out = Path(out_dir)
-    stages = ["load", "features 3d", "features 2.5d", "distances", "diversity", "memorisation", "conditioning",
-              "outputs"]
+    settings = QualitySettings(
+        extractor=extractor, extractor_2d=extractor_2d, medicalnet=medicalnet, radimagenet=radimagenet,
+        image_key=image_key, seed=seed, resize=resize, device=device, kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size, k=k, max_pairs=max_pairs, memorisation_percentile=memorisation_percentile,
+        montage_rows=montage_rows, batch_size=batch_size, max_slices_2d=max_slices_2d)
+    return _evaluate(real_items, synthetic_items, train_items, Path(out_dir), settings, predict, progress)
+
+
+def _evaluate(real_items: Sequence[Mapping], synthetic_items: Sequence[Mapping], train_items: Sequence[Mapping] | None,
+              out: Path, settings: QualitySettings, predict: Callable[[torch.Tensor], Any] | None,
+              progress: Progress | None) -> dict:
+    """``evaluate_quality``'s stages in order, reporting each of the ``STAGES`` as it is done."""
+    step = _stage_reporter(progress)
+    real_items, synthetic_items, train_items = _checked_items(real_items, synthetic_items, train_items)
+    step(0)
+    sets = _load_sets(real_items, synthetic_items, train_items, settings)
+    step(1)
+    extractor, extractor_2d = _feature_networks(settings)
+    f_real, f_synth = extractor.extract(sets.real_t), extractor.extract(sets.synth_t)
+    f_train = extractor.extract(sets.train_t) if sets.train_given else f_real
+    step(2)
+    planes = _planes(extractor_2d, sets)
+    step(3)
+    metrics = _describe_run(sets, settings, extractor, extractor_2d)
+    metrics.update(_distances(f_real, f_synth, planes, sets, settings))
+    step(4)
+    metrics.update(_diversity(sets, settings))
+    step(5)
+    metrics["memorisation"], pairs = _memorisation(f_synth, f_train, sets, settings, extractor.name)
+    step(6)
+    metrics["conditioning"] = _conditioning(predict, sets, settings.batch_size)
+    step(7)
+    metrics = _write_all(out, metrics, pairs, sets, settings.montage_rows)
+    step(len(STAGES))
+    return metrics
+
+
+def _stage_reporter(progress: Progress | None) -> Callable[[int], None]:
+    """``step(i)``: report that ``i`` of the ``STAGES`` are done (nothing without ``progress``)."""
 
     def step(i: int) -> None:
         if progress is not None:
-            progress("evaluate", i, len(stages), {})
+            progress("evaluate", i, len(STAGES), {})
 
+    return step
+
+
+def _checked_items(real_items: Sequence[Mapping], synthetic_items: Sequence[Mapping],
+                   train_items: Sequence[Mapping] | None) -> tuple[list, list, list | None]:
+    """The item lists, refused when a set has fewer than 2 volumes (``train_items`` None: the real items stand in)."""
     real_items, synthetic_items = list(real_items), list(synthetic_items)
     for what, items in (("real", real_items), ("synthetic", synthetic_items)):
         if len(items) < 2:
             raise InputError(f"{len(items)} {what} volume(s); the metrics need at least 2", where=f"{what} items",
                              fix=f"give at least 2 {what} volumes (FID/KID are meaningful from tens)")
-    train_given = train_items is not None
-    train_items = list(train_items) if train_given else real_items
-    if len(train_items) < 2:
-        raise InputError(f"{len(train_items)} training volume(s); memorisation needs at least 2",
+    train = list(train_items) if train_items is not None else None
+    if train is not None and len(train) < 2:
+        raise InputError(f"{len(train)} training volume(s); memorisation needs at least 2",
                          where="train items", fix="give the generator's training set")
+    return real_items, synthetic_items, train
 
-    # -- load + normalise + one shape
-    step(0)
-    real = load_volumes(real_items, image_key=image_key, what="real")
-    synth = load_volumes(synthetic_items, image_key=image_key, what="synthetic")
+
+def _load_sets(real_items: list, synthetic_items: list, train_items: list | None, settings: QualitySettings) -> _Sets:
+    """Read and normalise every volume, bring all to the real set's shape, and note labels and ids."""
+    key = settings.image_key
+    train_given = train_items is not None
+    train_items = train_items if train_given else real_items
+    real = load_volumes(real_items, image_key=key, what="real")
+    synth = load_volumes(synthetic_items, image_key=key, what="synthetic")
     sets: dict = {"real": (real, real_items), "synthetic": (synth, synthetic_items)}
-    train = load_volumes(train_items, image_key=image_key, what="train") if train_given else real
+    train = load_volumes(train_items, image_key=key, what="train") if train_given else real
     if train_given:
         sets["train"] = (train, train_items)
-    shape = _conform(sets, image_key, resize)
+    shape = _conform(sets, key, settings.resize)
     real_t, synth_t = _stack(real), _stack(synth)
-    train_t = _stack(train) if train_given else real_t
-    real_labels = _labels(real_items, ("label",))
-    synth_labels = _labels(synthetic_items, ("requested_label", "label"))
-    synth_ids = _ids(synthetic_items, ("synthetic_id", "id"), image_key, "synthetic_")
-    train_ids = _ids(train_items, ("case_id", "id"), image_key, "train_")
+    return _Sets(
+        real=real, synth=synth, train=train, train_given=train_given, shape=shape, real_t=real_t, synth_t=synth_t,
+        train_t=_stack(train) if train_given else real_t, real_labels=_labels(real_items, ("label",)),
+        synth_labels=_labels(synthetic_items, ("requested_label", "label")),
+        synth_ids=_ids(synthetic_items, ("synthetic_id", "id"), key, "synthetic_"),
+        train_ids=_ids(train_items, ("case_id", "id"), key, "train_"))
 
-    # -- features
-    step(1)
+
+def _feature_networks(settings: QualitySettings) -> tuple[FeatureExtractor, FeatureExtractor]:
+    """The 3D and 2.5D feature networks: those given, else from the weights given, else the seeded defaults."""
+    extractor, extractor_2d, medicalnet, radimagenet = (
+        settings.extractor, settings.extractor_2d, settings.medicalnet, settings.radimagenet)
+    device, seed = settings.device, settings.seed
     if extractor is None:
-        extractor = (MedicalNet3D(medicalnet, device=device, batch_size=batch_size) if medicalnet is not None
-                     else SeededResNet3D(seed=seed, device=device, batch_size=batch_size))
+        extractor = (MedicalNet3D(medicalnet, device=device, batch_size=settings.batch_size) if medicalnet is not None
+                     else SeededResNet3D(seed=seed, device=device, batch_size=settings.batch_size))
     if extractor_2d is None:
-        extractor_2d = (RadImageNet2D(radimagenet, device=device, max_slices=max_slices_2d) if radimagenet is not None
-                        else SeededResNet2D(seed=seed, device=device, max_slices=max_slices_2d))
-    f_real, f_synth = extractor.extract(real_t), extractor.extract(synth_t)
-    f_train = extractor.extract(train_t) if train_given else f_real
-    step(2)
-    planes_real = extractor_2d.extract_planes(real_t) if hasattr(extractor_2d, "extract_planes") else None
-    planes_synth = extractor_2d.extract_planes(synth_t) if planes_real is not None else None
+        slices = settings.max_slices_2d
+        extractor_2d = (RadImageNet2D(radimagenet, device=device, max_slices=slices) if radimagenet is not None
+                        else SeededResNet2D(seed=seed, device=device, max_slices=slices))
+    return extractor, extractor_2d
 
-    # -- distribution distances, overall and per class
-    step(3)
-    kid_args = {"subsets": kid_subsets, "subset_size": kid_subset_size, "seed": seed}
-    metrics: dict[str, Any] = {
+
+def _planes(extractor_2d: FeatureExtractor, sets: _Sets) -> tuple[dict, dict] | None:
+    """Per-plane 2.5D features (real, synthetic), or None for a network without ``extract_planes``."""
+    if not hasattr(extractor_2d, "extract_planes"):
+        return None
+    return extractor_2d.extract_planes(sets.real_t), extractor_2d.extract_planes(sets.synth_t)
+
+
+def _describe_run(sets: _Sets, settings: QualitySettings, extractor: FeatureExtractor,
+                  extractor_2d: FeatureExtractor) -> dict[str, Any]:
+    """The metrics' header: format, set sizes, shape, normalisation, seed and feature networks."""
+    return {
         "format_version": FORMAT_VERSION,
-        "n_real": len(real), "n_synthetic": len(synth), "n_train": len(train),
-        "shape": list(shape), "resized": bool(resize), "normalisation": NORMALISATION, "seed": seed,
+        "n_real": len(sets.real), "n_synthetic": len(sets.synth), "n_train": len(sets.train),
+        "shape": list(sets.shape), "resized": bool(settings.resize), "normalisation": NORMALISATION,
+        "seed": settings.seed,
         "extractors": {"3d": extractor.describe(), "2.5d": extractor_2d.describe()},
         "comparable_to_published": bool(extractor.comparable and extractor_2d.comparable),
+    }
+
+
+def _distances(f_real: torch.Tensor, f_synth: torch.Tensor, planes: tuple[dict, dict] | None, sets: _Sets,
+               settings: QualitySettings) -> dict[str, Any]:
+    """FID, KID and precision/recall of the 3D features, the 2.5D FID, and FID/KID per class."""
+    kid_args = {"subsets": settings.kid_subsets, "subset_size": settings.kid_subset_size, "seed": settings.seed}
+    out: dict[str, Any] = {
         "fid_3d": quality.fid(f_real, f_synth),
         "kid_3d": quality.kid(f_real, f_synth, **kid_args),
-        "precision_recall_3d": quality.precision_recall(f_real, f_synth, k=k),
+        "precision_recall_3d": quality.precision_recall(f_real, f_synth, k=settings.k),
     }
-    if planes_real is not None:
-        metrics["fid_2_5d"] = quality.fid_planes(planes_real, planes_synth)
+    if planes is not None:
+        out["fid_2_5d"] = quality.fid_planes(*planes)
     by_class: dict[str, dict] = {}
-    for label in sorted({c for c in real_labels + synth_labels if c is not None}):
-        ri = [i for i, c in enumerate(real_labels) if c == label]
-        si = [i for i, c in enumerate(synth_labels) if c == label]
+    for label in sorted({c for c in sets.real_labels + sets.synth_labels if c is not None}):
+        ri = [i for i, c in enumerate(sets.real_labels) if c == label]
+        si = [i for i, c in enumerate(sets.synth_labels) if c == label]
         entry: dict[str, Any] = {"n_real": len(ri), "n_synthetic": len(si)}
         if len(ri) >= 2 and len(si) >= 2:
             entry["fid_3d"] = quality.fid(f_real[ri], f_synth[si])
@@ -252,52 +380,56 @@ def evaluate_quality(
         else:
             entry["note"] = "per-class FID/KID need at least 2 real and 2 synthetic volumes of the class"
         by_class[str(label)] = entry
-    metrics["by_class"] = by_class
+    out["by_class"] = by_class
+    return out
 
-    # -- MS-SSIM diversity within class
-    step(4)
-    settings = quality.ms_ssim_settings(shape)
+
+def _diversity(sets: _Sets, settings: QualitySettings) -> dict[str, Any]:
+    """MS-SSIM diversity within each class (or of all volumes, without labels), synthetic and real."""
+    ms_ssim = quality.ms_ssim_settings(sets.shape)
     diversity: dict[str, dict] = {"synthetic": {}, "real": {}}
-    for what, tensor, labels in (("synthetic", synth_t, synth_labels), ("real", real_t, real_labels)):
+    for what, tensor, labels in (("synthetic", sets.synth_t, sets.synth_labels), ("real", sets.real_t, sets.real_labels)):
         for label in sorted({c for c in labels if c is not None}) or [None]:
             idx = [i for i, c in enumerate(labels) if c == label or label is None]
-            result = quality.ms_ssim_diversity(tensor[idx], max_pairs=max_pairs, seed=seed, settings=settings)
+            result = quality.ms_ssim_diversity(tensor[idx], max_pairs=settings.max_pairs, seed=settings.seed,
+                                               settings=ms_ssim)
             result.pop("settings")
             diversity[what]["all" if label is None else str(label)] = result
-    metrics["ms_ssim_settings"] = settings
-    metrics["diversity"] = diversity
+    return {"ms_ssim_settings": ms_ssim, "diversity": diversity}
 
-    # -- memorisation
-    step(5)
+
+def _memorisation(f_synth: torch.Tensor, f_train: torch.Tensor, sets: _Sets, settings: QualitySettings,
+                  extractor_name: str) -> tuple[dict[str, Any], list[dict]]:
+    """Nearest training volume of each synthetic one, in feature and voxel space: (summary, pairs by rank)."""
     mem = quality.memorisation(
-        {"feature": f_synth, "voxel": quality.voxel_signature(synth_t)},
-        {"feature": f_train, "voxel": quality.voxel_signature(train_t)},
-        synthetic_ids=synth_ids, train_ids=train_ids, percentile=memorisation_percentile)
+        {"feature": f_synth, "voxel": quality.voxel_signature(sets.synth_t)},
+        {"feature": f_train, "voxel": quality.voxel_signature(sets.train_t)},
+        synthetic_ids=sets.synth_ids, train_ids=sets.train_ids, percentile=settings.memorisation_percentile)
     pairs = mem.pop("pairs")
-    mem["reference"] = "train_items" if train_given else "real_items (no train_items given)"
-    mem["feature_extractor"] = extractor.name
-    metrics["memorisation"] = mem
+    mem["reference"] = "train_items" if sets.train_given else "real_items (no train_items given)"
+    mem["feature_extractor"] = extractor_name
+    return mem, pairs
 
-    # -- conditioning fidelity
-    step(6)
+
+def _conditioning(predict: Callable[[torch.Tensor], Any] | None, sets: _Sets, batch_size: int) -> dict[str, Any]:
+    """Conditioning fidelity: the real-data classifier ``predict`` on the synthetic volumes against their labels."""
     if predict is None:
-        metrics["conditioning"] = {"note": "skipped: no classifier (predict) given"}
-    elif any(c is None for c in synth_labels):
-        metrics["conditioning"] = {"note": "skipped: synthetic items lack requested_label/label"}
-    else:
-        probs = _predict(predict, synth_t, batch_size)
-        metrics["conditioning"] = quality.conditioning_fidelity(probs, synth_labels)
+        return {"note": "skipped: no classifier (predict) given"}
+    if any(c is None for c in sets.synth_labels):
+        return {"note": "skipped: synthetic items lack requested_label/label"}
+    probs = _predict(predict, sets.synth_t, batch_size)
+    return quality.conditioning_fidelity(probs, sets.synth_labels)
 
-    # -- outputs
-    step(7)
+
+def _write_all(out: Path, metrics: dict, pairs: list[dict], sets: _Sets, montage_rows: int) -> dict:
+    """Montages, memorisation files, ``metrics.json`` and ``report.md`` in ``out``; the JSON-safe metrics."""
     out.mkdir(parents=True, exist_ok=True)
-    files = _write_outputs(out, metrics, pairs, real, synth, train, real_labels, synth_labels, synth_ids, train_ids,
-                           montage_rows)
+    files = _write_outputs(out, metrics, pairs, sets.real, sets.synth, sets.train, sets.real_labels,
+                           sets.synth_labels, sets.synth_ids, sets.train_ids, montage_rows)
     metrics["files"] = files
     metrics = _clean(metrics)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(out / "report.md", render_report(metrics, pairs))
-    step(len(stages))
     return metrics
 
 
@@ -308,7 +440,7 @@ PAIR_COLUMNS = ("rank", "synthetic_id", "likely_copy", "feature_train_id", "feat
                 "voxel_closer_than_train", "voxel_likely_copy")
 
 
-def _write_outputs(out: Path, metrics: dict, pairs: list[dict], real, synth, train, real_labels, synth_labels,  # noqa: ANN001
+def _write_outputs(out: Path, metrics: dict, pairs: list[dict], real, synth, train, real_labels, synth_labels,
                    synth_ids, train_ids, rows: int) -> dict[str, str]:
     files = {"metrics": "metrics.json", "report": "report.md"}
     labels = sorted({c for c in real_labels + synth_labels if c is not None})

@@ -87,6 +87,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     from synthaug.generate import CCELLAGenerator
     from synthaug.ldm.autoencoder import decode_latents, encode_volumes
     from synthaug.ldm.train import train_generator
+    from synthaug.markdown import markdown_table
     from synthaug.metrics.class_signal import class_signal_chain
 
     started = time.perf_counter()
@@ -170,10 +171,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
 
     chain = class_signal_chain(judge, judge_name, test, labels, reconstruct=reconstruct, adapter=adapter,
                                generated=generated, cas=cas)
-    header = ["link", "setting", "scored by", "n", "AUROC [95% CI]", "balanced acc. [95% CI]", "keeps"]
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for row in chain.rows():
-        print("| " + " | ".join(row) + " |")
+    print("\n".join(markdown_table(chain.HEADER, chain.rows())))
     print(chain.sentence())
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"bench_class_signal{'_quick' if args.quick else ''}_{args.budget}{tag}.json"

@@ -498,9 +498,10 @@ def headline(metrics: Mapping) -> list[tuple[str, str]]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    from synthaug.markdown import markdown_table
+
+    cells = [[c if isinstance(c, str) else _fmt(c) for c in row] for row in rows]
+    return "\n".join(markdown_table(header, cells)) + "\n"
 
 
 def render_report(metrics: Mapping, pairs: Sequence[Mapping], top: int = 10) -> str:

@@ -13,6 +13,7 @@ import numpy as np
 
 from synthaug.apps.sweep.statistics import holm, mean_ci, paired_difference
 from synthaug.data.io import atomic_path, atomic_write_text
+from synthaug.markdown import markdown_table
 
 
 def summarise(study, settings, described: dict[str, dict] | None = None) -> dict[str, Any]:
@@ -234,8 +235,7 @@ def write_report(summary: dict[str, Any], path: Path, heatmap: bool) -> None:
         lines += ["Synthetic sources:", ""] + [f"- **{name}**: " + ", ".join(f"{k}={v}" for k, v in d.items())
                                                 for name, d in summary["sources"].items()] + [""]
     for model, info in summary["per_model"].items():
-        lines += [f"## {model}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary, model)]
+        lines += [f"## {model}", "", *markdown_table(HEADER, table_rows(summary, model))]
         best = info["best_arm"]
         lines += ["", f"Best arm on validation: **{info['labels'][best] if best else 'none'}**.", ""]
     lines += [f"**Result:** {summary['verdict']}.", "", "![ratio vs metric](ratio_vs_metric.png)", ""]

@@ -92,6 +92,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from synthaug.data.phantom import write_phantom_dataset
 
     extra = [f"phantom.{key}={value}" for key, value in (("n_cases", args.n), ("seed", args.seed)) if value is not None]
+    if args.sequences is not None:  # one owner: data.modalities
+        extra.append(f"data.modalities=[{','.join(args.sequences)}]")
     cfg = _config(args, extra)
     console = _console()
     with progress_bar(f"phantom: {cfg.phantom.n_cases} cases", console) as update:
@@ -330,7 +332,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _quiet_libraries(optuna=True)
     console = _console()
     with stage_progress(console) as progress:
-        summary = run_demo(args.out, quick=args.quick, force=args.force, progress=progress, log=console.print)
+        summary = run_demo(args.out, quick=args.quick, force=args.force, progress=progress, log=console.print,
+                           sequences=args.sequences)
     header, rows = ratio_table(summary)
     _print_table(console, f"synthaug demo: {summary['models'][0]}, {summary['seeds']} seeds per ratio (test split)",
                  header, rows)
@@ -350,7 +353,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper, reference (the paper's code)")
+    p.add_argument("--preset", help="named preset: tiny (CPU, default), small, paper, reference (the paper's code), bpmri (paper sizes, T2W+ADC+high-b)")
     p.add_argument("--config", type=Path, help="YAML/JSON config file (see `synthaug config show`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set phantom.difficulty=0.7 (repeatable)")
@@ -399,6 +402,8 @@ def _phantom_parser(sub) -> None:
     p.add_argument("--out", type=T.out_folder, required=True, help="output folder (images/ + manifest.jsonl)")
     p.add_argument("--n", type=T.count(1), help="number of cases (default: phantom.n_cases = 200)")
     p.add_argument("--seed", type=T.count(0), help="random seed (default: phantom.seed = 0)")
+    p.add_argument("--sequences", type=T.sequences, help="comma-separated, t2w first: t2w,adc,hbv writes ADC and "
+                   "high-b DWI too (sets data.modalities; default: t2w)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_options(p)
     p.set_defaults(func=cmd_phantom)
@@ -584,6 +589,8 @@ def _demo_parser(sub) -> None:
     p.add_argument("--out", type=T.out_folder, default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--quick", action="store_true", help="~2 minutes: fewer cases, steps and seeds; same stages")
     p.add_argument("--force", action="store_true", help="redo every stage (default: reuse finished ones)")
+    p.add_argument("--sequences", type=T.sequences, default=["t2w"],
+                   help="t2w (default) or t2w,adc,hbv: the biparametric phantom, generator and classifiers")
     p.set_defaults(func=cmd_demo)
 
 

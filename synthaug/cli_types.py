@@ -78,6 +78,14 @@ def comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def sequences(text: str) -> list[str]:
+    """MRI sequences, T2W first: ``t2w`` or ``t2w,adc,hbv`` (each once; the config checks them again)."""
+    names = comma_list(text)
+    if names[:1] != ["t2w"] or len(set(names)) != len(names) or not set(names) <= {"t2w", "adc", "hbv"}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not t2w then adc and/or hbv, each once, e.g. t2w,adc,hbv")
+    return names
+
+
 def crop(text: str) -> tuple[int, int, int]:
     """``X,Y,Z``: a centred box of this many voxels."""
     try:

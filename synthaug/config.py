@@ -399,6 +399,11 @@ PRESETS["reference"] = _merge(PRESETS["paper"], {
                "precision": "fp32"},
 })
 
+# CCELLA++ (biparametric MRI): T2W, ADC and high-b DWI generated together at the paper's sizes; the
+# reference's autoencoder gives the three sequences 12 latent channels.
+PRESETS["bpmri"] = _merge(PRESETS["paper"], {"data": {"modalities": ["t2w", "adc", "hbv"]},
+                                             "autoencoder": {"latent_channels": 12}})
+
 
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():

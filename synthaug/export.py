@@ -27,7 +27,8 @@ def export_volumes(generator: CCELLAGenerator, labels: Sequence[int], out: str |
                    seeds: Sequence[int], reports: Sequence[str] | None = None, overwrite: bool = False,
                    progress: Callable[[int, int], None] | None = None) -> Path:
     """Generate one volume per label (volume i from ``seeds[i]``) and write them to ``out``:
-    ``synthetic_00000_label0.nii.gz`` ..., ``provenance.jsonl`` (one line per file) and ``montage.png``.
+    ``synthetic_00000_label0.nii.gz`` ... (T2W; with several sequences ``..._adc.nii.gz`` and ``..._hbv.nii.gz``
+    beside it), ``provenance.jsonl`` (one line per volume) and ``montage.png``.
 
     An existing non-empty ``out`` is refused unless ``overwrite``; the folder is written beside it and
     renamed into place, so an interrupted run leaves the old folder (or none) behind.
@@ -39,7 +40,7 @@ def export_volumes(generator: CCELLAGenerator, labels: Sequence[int], out: str |
     result = generator.generate(list(labels), reports=reports, seeds=seeds, progress=progress)
     tmp = make_temp_dir(out)
     try:
-        _write_folder(result, tmp)
+        _write_folder(result, tmp, list(generator.bundle.config.data.modalities))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -49,15 +50,16 @@ def export_volumes(generator: CCELLAGenerator, labels: Sequence[int], out: str |
     return out
 
 
-def _write_folder(result: Generated, folder: Path) -> None:
-    from synthaug.generate import write_volume
+def _write_folder(result: Generated, folder: Path, modalities: list[str]) -> None:
+    from synthaug.generate import sequence_files, write_sequences
     from synthaug.metrics.montage import save_volumes
 
     lines = []
     for i, (volume, record) in enumerate(zip(result.volumes, result.provenance)):
-        name = f"synthetic_{i:05d}_label{record['label']}.nii.gz"
-        write_volume(volume, result.affine, folder / name)
-        lines.append(json.dumps({"file": name, **record}, sort_keys=True) + "\n")
+        names = sequence_files(f"synthetic_{i:05d}_label{record['label']}", ".nii.gz", modalities)
+        write_sequences(volume, result.affine, {key: folder / name for key, name in names.items()})
+        files = {"files": names} if len(names) > 1 else {}  # by item key: image (T2W), adc, hbv
+        lines.append(json.dumps({"file": names["image"], **files, **record}, sort_keys=True) + "\n")
     (folder / "provenance.jsonl").write_text("".join(lines), encoding="utf-8")
     shown = result.volumes[:MONTAGE_VOLUMES]
     save_volumes([v[0].numpy() for v in shown], [f"#{i} label {r['label']} p={r['predicted_prob']:.2f}"

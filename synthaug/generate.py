@@ -17,7 +17,7 @@ tolerance stated in benchmarks/README.md (the same batch size reproduces it exac
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,3 +288,20 @@ def write_volume(volume: torch.Tensor, affine: np.ndarray, path: str | os.PathLi
     array = volume.numpy()
     array = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
     return write_nifti(array, affine, path)
+
+
+def sequence_files(stem: str, suffix: str, modalities: Sequence[str]) -> dict[str, str]:
+    """Where one generated volume's sequences go, by the item key a real manifest item uses for each
+    (``image`` for T2W, ``adc``, ``hbv``): T2W at ``<stem><suffix>``, another sequence at ``<stem>_<key><suffix>``."""
+    from synthaug.data.transforms import MODALITY_KEYS
+
+    keys = [MODALITY_KEYS[m] for m in modalities]
+    return {key: f"{stem}{suffix}" if key == "image" else f"{stem}_{key}{suffix}" for key in keys}
+
+
+def write_sequences(volume: torch.Tensor, affine: np.ndarray, paths: Mapping[str, str | os.PathLike[str]]) -> dict[str, Path]:
+    """Write a generated ``(C, X, Y, Z)`` volume as one 3D NIfTI file per sequence: channel c to the c-th of
+    ``paths`` (``sequence_files`` order), so that synthetic items load like real ones, a file per key."""
+    if len(paths) != volume.shape[0]:
+        raise ValueError(f"{volume.shape[0]} channels for {len(paths)} files")
+    return {key: write_volume(volume[c:c + 1], affine, path) for c, (key, path) in enumerate(paths.items())}

@@ -28,8 +28,8 @@ class EveryOtherFilter:
     def describe(self) -> dict:
         return {"model": "every-other", "weights_sha256": "0" * 64, "confidence": self.confidence, "crop": None}
 
-    def probabilities(self, paths, labels) -> list[float]:
-        names = [p.name.split(".")[1] for p in paths]  # .syn-l{c}-{j}.xxx.staged.nii.gz
+    def probabilities(self, volumes, labels) -> list[float]:
+        names = [v["image"].name.split(".")[1] for v in volumes]  # .syn-l{c}-{j}.image.xxx.staged.nii.gz
         self.seen += names
         return [0.9 if int(n.rsplit("-", 1)[1]) % 2 else 0.1 for n in names]
 

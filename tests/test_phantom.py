@@ -1,8 +1,9 @@
 """The procedural prostate-MRI phantom: determinism, consistency of labels/reports/images, geometry,
-and the dataset folder it writes."""
+the diffusion sequences (ADC, high b) of biparametric MRI, and the dataset folder it writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -24,10 +25,15 @@ from synthaug.data.phantom import (
     phantom_affine,
     write_phantom_dataset,
 )
+from synthaug.data.phantom_dwi import dwi_geometry
 from synthaug.data.reports import parse_overall_pirads
+from synthaug.data.transforms import preprocessing_transforms
 from synthaug.errors import InputError
+from tests.test_cli import assert_one_line_error
+from tests.test_generate import in_process
 
 DATA = DataConfig()  # 64 x 64 x 32 at 1.5 x 1.5 x 3 mm
+BPMRI = DataConfig(modalities=["t2w", "adc", "hbv"])  # + ADC and high-b DWI, 32 x 32 x 32 at 3 mm
 PHANTOM = PhantomConfig(n_cases=12, seed=3, prevalence=0.5, artifact_probability=0.3)
 
 
@@ -262,3 +268,129 @@ def test_interrupted_write_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         write_phantom_dataset(tmp_path / "ds", DATA, PhantomConfig(n_cases=4), progress=stop)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- diffusion (biparametric MRI)
+
+
+def dwi_case(index: int, config: PhantomConfig, positive: bool = True):
+    """A case with ADC and high-b images, and its render masks on the DWI grid (pairs of T2W voxels averaged)."""
+    case = make_phantom_case(index, BPMRI, config, positive)
+    plan = _plan(index, config, positive)
+    masks = anatomy.render(plan.anatomy, plan.foci, BPMRI.image_shape, BPMRI.spacing,
+                           _case_rng(config, index, "texture"), with_masks=True).masks
+    return case, {k: anatomy.upsample(m, case.sequences["adc"].shape) for k, m in masks.items()}
+
+
+def weighted_mean(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean of ``image`` weighted by a partial-volume ``mask`` (squared: the core counts most)."""
+    return float((image * mask**2).sum() / (mask**2).sum())
+
+
+@pytest.fixture(scope="module")
+def focus_contrast() -> list[dict]:
+    """Per lesion and mimic of 18 positive cases: ADC difference and high-b ratio to the surrounding zone."""
+    config = PHANTOM.model_copy(update={"difficulty": 0.5, "artifact_probability": 0.0})
+    rows = []
+    for index in range(18):
+        case, masks = dwi_case(index, config)
+        adc, hbv = case.sequences["adc"], case.sequences["hbv"]
+        findings = case.meta["benign"] + case.meta["lesions"]  # the renderer's focus order
+        foci = np.max([masks[f"focus{i}"] for i in range(len(findings))], axis=0)
+        for i, finding in enumerate(findings):
+            m, around = masks[f"focus{i}"], masks[finding["zone"].lower()] * (1 - foci)
+            rows.append({"kind": finding.get("kind", "lesion"), "dwi_score": finding.get("dwi_score"),
+                         "adc": finding["adc"], "d_adc": weighted_mean(adc, m) - weighted_mean(adc, around),
+                         "hbv_ratio": weighted_mean(hbv, m) / weighted_mean(hbv, around)})
+    return rows
+
+
+def test_dwi_tissues_have_their_diffusion() -> None:
+    """ADC: urine > PZ > TZ, muscle between, suppressed fat near 0; high b: urine dark, fat at the noise floor."""
+    config = PHANTOM.model_copy(update={"artifact_probability": 0.0})
+    for index in range(3):
+        case, masks = dwi_case(index, config, positive=False)
+        adc, hbv = case.sequences["adc"], case.sequences["hbv"]
+        mean = {k: (adc[m > 0.9].mean(), hbv[m > 0.9].mean()) for k, m in masks.items() if (m > 0.9).sum() > 5}
+        fat = sum(masks.values()) < 0.01  # no tissue mask: fat, bone, air
+        assert 2600 < mean["urine"][0] < 3200 and 1450 < mean["pz"][0] < 1900 and 1100 < mean["tz"][0] < 1450
+        assert 1200 < mean["muscle"][0] < 1600 and adc[fat].mean() < 300
+        assert mean["urine"][1] < 0.5 * mean["pz"][1] and hbv[fat].mean() < 0.5 * mean["pz"][1]
+        assert case.sequences["adc"].dtype == np.float32 and np.array_equal(adc, np.round(adc)) and adc.min() >= 0
+
+
+def test_lesions_are_dark_on_adc_and_bright_at_high_b_as_their_dwi_score_says(focus_contrast) -> None:
+    lesions = [r for r in focus_contrast if r["kind"] == "lesion"]
+    assert all(r["d_adc"] < -80 and r["hbv_ratio"] > 1.15 for r in lesions)
+    assigned = {score: [r["adc"] for r in lesions if r["dwi_score"] == score] for score in (3, 4, 5)}
+    assert all(assigned.values()) and max(assigned[5]) < min(assigned[4]) < max(assigned[4]) < min(assigned[3])
+    assert 600 < min(assigned[5]) and max(assigned[3]) < 1250
+    marked = [r for r in lesions if r["dwi_score"] >= 4]  # DWI 4-5: marked; 3: mild to moderate
+    mild = [r for r in lesions if r["dwi_score"] == 3]
+    assert np.mean([r["d_adc"] for r in marked]) < np.mean([r["d_adc"] for r in mild]) - 150
+    assert np.mean([r["hbv_ratio"] for r in marked]) > np.mean([r["hbv_ratio"] for r in mild]) + 0.3
+
+
+def test_mimics_differ_from_lesions_on_dwi(focus_contrast) -> None:
+    """BPH nodules and prostatitis: mildly low ADC, not bright at high b; cysts: high ADC, dark at high b."""
+    by_kind = {k: [r for r in focus_contrast if r["kind"] == k] for k in ("bph_nodule", "prostatitis", "cyst")}
+    assert all(by_kind.values())
+    cancers = [r for r in focus_contrast if r["kind"] == "lesion" and r["dwi_score"] >= 4]
+    benign = by_kind["bph_nodule"] + by_kind["prostatitis"]
+    assert np.mean([r["d_adc"] for r in benign]) > np.mean([r["d_adc"] for r in cancers]) + 250
+    assert all(r["hbv_ratio"] < 1.5 for r in benign) and np.median([r["hbv_ratio"] for r in cancers]) > 1.8
+    assert all(950 < r["adc"] < 1200 for r in by_kind["bph_nodule"])
+    assert all(1150 < r["adc"] < 1400 for r in by_kind["prostatitis"])
+    assert all(r["d_adc"] > 100 and r["hbv_ratio"] < 0.95 and 2250 < r["adc"] < 2750 for r in by_kind["cyst"])
+
+
+def test_t2w_is_the_same_bytes_with_or_without_dwi() -> None:
+    """The DWI sequences draw from their own stream: T2W, report, label and findings do not change."""
+    for index in range(3):
+        alone = make_phantom_case(index, DATA, PHANTOM, positive=True)
+        both = make_phantom_case(index, BPMRI, PHANTOM, positive=True)
+        assert hashlib.sha256(alone.array.tobytes()).hexdigest() == hashlib.sha256(both.array.tobytes()).hexdigest()
+        assert (alone.report, alone.label, alone.pirads) == (both.report, both.label, both.pirads)
+        without_adc = {k: [{f: v for f, v in x.items() if f != "adc"} for x in both.meta[k]] for k in ("lesions", "benign")}
+        assert {**both.meta, **without_adc} == alone.meta and alone.sequences == {}
+        assert list(both.sequences) == ["adc", "hbv"]
+
+
+def test_dwi_files_are_coarser_and_resample_onto_t2w(tmp_path: Path) -> None:
+    config = PhantomConfig(n_cases=3, seed=3, prevalence=0.5, artifact_probability=0.0)
+    manifest = load_manifest(write_phantom_dataset(tmp_path / "ds", BPMRI, config))
+    record = manifest.records[0]
+    assert record.image == {m: f"images/{record.case_id}{s}.nii.gz" for m, s in (("t2w", ""), ("adc", "_adc"),
+                                                                                 ("hbv", "_hbv"))}
+    shape, spacing = dwi_geometry(BPMRI)
+    assert shape == (32, 32, 32) and spacing == (3.0, 3.0, 3.0)  # in-plane doubled, same slices, same field of view
+    for key in ("adc", "hbv"):
+        header = read_header(manifest.resolve(record.image[key]))
+        assert header.shape == shape and header.spacing == pytest.approx(spacing)
+        assert np.allclose(header.affine @ [*(np.array(shape) - 1) / 2, 1.0], [0, 0, 0, 1])  # centred like T2W
+    info = json.loads((tmp_path / "ds" / "phantom.json").read_text())
+    assert info["data"]["modalities"] == ["t2w", "adc", "hbv"]
+
+    out = preprocessing_transforms(BPMRI)(manifest.items()[0])["image"]
+    assert tuple(out.shape) == (3, 64, 64, 32) and bool(out.isfinite().all())
+    plan = _plan(0, config, bool(record.meta["positive"]))  # the T2W grid's masks: the ADC channel lines up
+    masks = anatomy.render(plan.anatomy, plan.foci, BPMRI.image_shape, BPMRI.spacing, _case_rng(config, 0, "texture"),
+                           with_masks=True).masks
+    adc = np.asarray(out[1]) * 3000.0  # data.normalisation.adc_window
+    assert adc[masks["urine"] > 0.9].mean() > 2500 and 1400 < adc[masks["pz"] > 0.9].mean() < 2000
+    assert adc[sum(masks.values()) < 0.01].mean() < 400
+
+
+def test_cli_phantom_sequences_writes_dwi_and_refuses_bad_lists(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bp"
+    done = in_process(capsys, "phantom", "--out", out, "--n", "2", "--sequences", "t2w,adc,hbv")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        f"phantom_000{i}{s}.nii.gz" for i in range(2) for s in ("", "_adc", "_hbv")]
+    assert json.loads((out / "phantom.json").read_text())["data"]["modalities"] == ["t2w", "adc", "hbv"]
+    same = in_process(capsys, "phantom", "--out", tmp_path / "set", "--n", "2", "--set", "data.modalities=[t2w,adc,hbv]")
+    assert same.returncode == 0 and file_bytes(tmp_path / "set") == file_bytes(out)  # one owner: data.modalities
+    for bad in ("t2w,dwi", "adc,t2w", "t2w,adc,adc", "hbv"):
+        assert_one_line_error(in_process(capsys, "phantom", "--out", tmp_path / "no", "--sequences", bad),
+                              "--sequences", bad)
+        assert not (tmp_path / "no").exists()

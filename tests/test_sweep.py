@@ -164,7 +164,7 @@ def test_bad_input_is_one_clear_error(small_phantom, small_cache, tmp_path, caps
                          (["--tune-lr"], "--search tpe"), (["--tune-epochs"], "--search tpe"),
                          (["--metric", "loss"], "higher is better"), (["--metric", "f2"], "unknown metric 'f2'"),
                          (["--epochs", "0"], "epochs"), (["--lr", "0"], "--lr: must be > 0"),
-                         (["--set", "data.modalities=[t2w,adc]"], "T2W-only")):
+                         (["--set", "data.modalities=[t2w,adc]"], "the sequences it was trained on")):
         assert_one_line_error(in_process(capsys, *base, *extra), match)
         assert not (tmp_path / "o").exists(), extra  # nothing written
     os.symlink(small_phantom.parent / "images", tmp_path / "images")

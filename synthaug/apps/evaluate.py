@@ -57,7 +57,7 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
     from synthaug.metrics.features import state_dict_sha256
 
     load = VolumeStore(data, crop)
-    net = build_model(model, in_channels=1, num_classes=2, seed=seed)
+    net = build_model(model, in_channels=len(data.modalities), num_classes=2, seed=seed)
     fit(net, Dataset(train_items, transform=load), Dataset(val_items, transform=load),
         FitConfig(epochs=epochs, seed=seed, patience=None, device="cpu", lr=lr,
                   samples_per_epoch=2 * len(train_items)), progress=False)
@@ -77,20 +77,23 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
 
 def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Progress | None = None) -> list[dict]:
     """One synthetic volume per real case, from its own report and label (seed = its index); NIfTI in ``out``."""
-    from synthaug.generate import write_volume
+    from synthaug.generate import sequence_files, write_sequences
 
     out.mkdir(parents=True, exist_ok=True)
+    modalities = list(generator.bundle.config.data.modalities)
     items, rows = [], []
     for start in range(0, len(cases), generator.batch_size):
         part = cases[start:start + generator.batch_size]
         result = generator.generate([c["label"] for c in part], reports=[c["report"] for c in part],
                                     seeds=list(range(start, start + len(part))))
         for case, volume, record in zip(part, result.volumes, result.provenance):
-            name = f"{case['case_id']}_synthetic.nii.gz"
-            write_volume(volume, result.affine, out / name)
-            rows.append(json.dumps({"file": name, "case_id": case["case_id"], **record}, sort_keys=True))
-            items.append({"image": str(out / name), "label": case["label"], "requested_label": case["label"],
-                          "synthetic_id": f"{case['case_id']}_synthetic"})
+            names = sequence_files(f"{case['case_id']}_synthetic", ".nii.gz", modalities)  # a file per sequence
+            written = write_sequences(volume, result.affine, {key: out / name for key, name in names.items()})
+            files = {"files": names} if len(names) > 1 else {}
+            rows.append(json.dumps({"file": names["image"], **files, "case_id": case["case_id"], **record},
+                                   sort_keys=True))
+            items.append({**{key: str(path) for key, path in written.items()}, "label": case["label"],
+                          "requested_label": case["label"], "synthetic_id": f"{case['case_id']}_synthetic"})
         if progress:
             progress("generate", len(items), len(cases), {})
     (out / "provenance.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -234,9 +237,13 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
         check_judge(predict.weights_sha256, evaluated.filter_sha256)
     extractor = _judge_features(predict, fidelity_model, fidelity_epochs) \
         if features == "judge" and predict is not None and medicalnet is None else None
-    metrics = evaluate_quality(_preprocessed(real_cases, data), evaluated.items, out, medicalnet=medicalnet,
-                               radimagenet=radimagenet, predict=predict, train_items=_preprocessed(train_cases, data),
-                               resize=resize, extractor=extractor, progress=progress)
+    quality = {"medicalnet": medicalnet, "radimagenet": radimagenet, "resize": resize, "progress": progress}
+    if len(data.modalities) > 1:
+        metrics = _quality_per_sequence(_preprocessed(real_cases, data), evaluated.items,
+                                        _preprocessed(train_cases, data), data, out, quality)
+    else:
+        metrics = evaluate_quality(_preprocessed(real_cases, data), evaluated.items, out, predict=predict,
+                                   train_items=_preprocessed(train_cases, data), extractor=extractor, **quality)
     if predict is not None and not resize:
         judge = f"{fidelity_model} (seed 0, trained on the real train split, {fidelity_epochs} epochs)"
         chain = class_signal(manifest, data, predict, judge, evaluated.items, split=split,
@@ -246,6 +253,41 @@ def evaluate_synthetic(manifest_path: str | os.PathLike[str], synthetic: str | o
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         atomic_write_text(out / "report.md", (out / "report.md").read_text(encoding="utf-8") + "\n" + chain.markdown())
     return metrics
+
+
+def _quality_per_sequence(real: list[dict], synthetic: list[dict], train: list[dict], data: DataConfig, out: Path,
+                          quality: dict[str, Any]) -> dict:
+    """FID/KID, diversity and memorisation of each sequence on its own (T2W in ``out``, the others in
+    ``out/sequences/<sequence>``); the T2W metrics, with every sequence's headline under ``sequences``.
+
+    The 3D features are the seeded (or MedicalNet) single-channel network: the judge sees all sequences at
+    once, so it scores the class signal (the chain) rather than each sequence's features.
+    """
+    from synthaug.data.transforms import MODALITY_KEYS
+    from synthaug.metrics import evaluate_quality, headline
+
+    per_sequence, first = {}, None
+    for c, modality in enumerate(data.modalities):
+        key = MODALITY_KEYS[modality]
+
+        def channel(items: list[dict], c: int = c) -> list[dict]:
+            return [{**item, "image": item["image"][c:c + 1]} for item in items]
+
+        metrics = evaluate_quality(channel(real), [{**item, "image": item[key]} for item in synthetic],
+                                   out if c == 0 else out / "sequences" / modality, train_items=channel(train),
+                                   **quality)
+        per_sequence[modality] = dict(headline(metrics))
+        first = first or metrics
+    first["sequences"] = per_sequence
+    atomic_write_text(out / "metrics.json", json.dumps(first, indent=2) + "\n")
+    rows = [[name, *(per_sequence[m].get(name, "-") for m in data.modalities)]
+            for name in per_sequence[data.modalities[0]]]
+    from synthaug.markdown import markdown_table
+
+    table = markdown_table(["metric", *data.modalities], rows)
+    atomic_write_text(out / "report.md", (out / "report.md").read_text(encoding="utf-8")
+                      + "\n## Per sequence\n\n" + "\n".join(table) + "\n")
+    return first
 
 
 def _cache_generator(cache):  # SyntheticCache -> CCELLAGenerator | None

@@ -58,8 +58,10 @@ def _dataset_warnings(summary: DatasetSummary) -> list[str]:
             out.append(f"no cases in split {split!r}")
         elif len(labels) == 1:
             out.append(f"split {split!r} has only label {labels.pop()}: metrics like AUROC are undefined there")
-    if len({shape for (_, shape) in summary.shapes}) > 1:
-        out.append("images differ in shape: preprocessing resamples and crops them to the configured shape")
+    for modality in sorted({m for (m, _) in summary.shapes}):  # DWI on a coarser grid than T2W is expected
+        if len({shape for (m, shape) in summary.shapes if m == modality}) > 1:
+            out.append(f"{modality} images differ in shape: preprocessing resamples and crops them to the "
+                       "configured shape")
     return out
 
 

@@ -1,4 +1,4 @@
-"""The embedded default dataset: a procedural 3D T2-weighted prostate-MRI phantom with reports.
+"""The embedded default dataset: a procedural 3D prostate-MRI phantom (T2W, and ADC + high-b DWI) with reports.
 
 Positive cases carry 1-3 PI-RADS >= 3 lesions; negative cases are PI-RADS 2 (benign mimics: prostatitis,
 atypical BPH nodules) or 1. ``phantom.difficulty`` sets lesion contrast and size, noise, texture and how
@@ -7,8 +7,12 @@ and the configs; its draws come from separate seeded streams (clinical, anatomy,
 textures, acquisition, report), so the positive and the negative version of an index share anatomy,
 mimics and noise and differ only by the lesions.
 
+``data.modalities`` chooses the sequences: T2W always; ``adc`` and ``hbv`` (biparametric MRI) come from
+``synthaug.data.phantom_dwi`` on a coarser DWI grid, drawn from a stream of their own, so a case's T2W
+volume, report and labels are the same bytes with or without them.
+
     manifest = write_phantom_dataset("data/phantom", cfg.data, cfg.phantom)
-    # data/phantom/images/phantom_0000.nii.gz ..., manifest.jsonl, phantom.json
+    # data/phantom/images/phantom_0000.nii.gz ... (+ _adc, _hbv), manifest.jsonl, phantom.json
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from synthaug.data import phantom_anatomy as anatomy
 from synthaug.data.io import atomic_write_text, centred_affine, make_temp_dir, write_nifti
 from synthaug.data.manifest import SPLITS, CaseRecord, write_manifest
 from synthaug.data.phantom_anatomy import Anatomy, Focus
+from synthaug.data.phantom_dwi import DiffusionImages, acquire_dwi
 from synthaug.data.reports import BenignFinding, Findings, Lesion, lesion_pirads, render_report
 from synthaug.errors import InputError
 
 FORMAT_VERSION = 1
-_STREAMS = ("clinical", "anatomy", "mimics", "lesions", "texture", "acquisition", "report", "withhold")
+_STREAMS = ("clinical", "anatomy", "mimics", "lesions", "texture", "acquisition", "report", "withhold", "dwi")
 _P_SIGNIFICANT = {3: 0.2, 4: 0.5, 5: 0.8}  # P(csPCa on biopsy | lesion PI-RADS)
 _P_SIGNIFICANT_NEGATIVE = 0.03  # cancers MRI misses
 _INT16_MAX = 32767
@@ -44,7 +49,8 @@ _INT16_MAX = 32767
 
 @dataclass(frozen=True)
 class PhantomCase:
-    """One phantom examination: T2W volume ``(X, Y, Z)``, RAS+ affine, findings, report and label."""
+    """One phantom examination: T2W volume ``(X, Y, Z)``, RAS+ affine, findings, report and label; with
+    ``data.modalities`` beyond T2W, also the DWI sequences on their own (coarser) grid."""
 
     case_id: str
     array: np.ndarray  # (X, Y, Z) float32, >= 0, finite, integer-valued scanner units
@@ -54,6 +60,8 @@ class PhantomCase:
     label: int  # from data.label_rule
     report: str  # "" when withheld
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-serialisable ground truth
+    sequences: dict[str, np.ndarray] = field(default_factory=dict)  # "adc"/"hbv" -> (X', Y', Z), data.modalities order
+    dwi_affine: np.ndarray | None = None  # (4, 4) voxel -> RAS+ mm of ``sequences``
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -326,10 +334,13 @@ def make_phantom_case(index: int, data: DataConfig, phantom: PhantomConfig, posi
     """
     plan = _plan(index, phantom, positive)
     an, mimics, lesions, age, psa = plan.anatomy, plan.mimics, plan.lesions, plan.age, plan.psa
-    rendered = anatomy.render(an, plan.foci, data.image_shape, data.spacing, _case_rng(phantom, index, "texture"))
+    dwi_names = [m for m in data.modalities if m != "t2w"]
+    rendered = anatomy.render(an, plan.foci, data.image_shape, data.spacing, _case_rng(phantom, index, "texture"),
+                              with_masks=bool(dwi_names))
     affine = phantom_affine(data)
     array, artifacts = _acquire(rendered.image, affine, _case_rng(phantom, index, "acquisition"),
                                 _hardness(phantom.difficulty), phantom.artifact_probability)
+    dwi = _diffusion(index, plan, rendered.masks, data, phantom, dwi_names) if dwi_names else None
 
     volume = round(anatomy.gland_volume_ml(an), 1)
     benign = [m for m, _ in mimics]
@@ -355,10 +366,21 @@ def make_phantom_case(index: int, data: DataConfig, phantom: PhantomConfig, posi
         "benign": [{**m, "center_mm": _world(an, f.center)} for m, f in mimics],
         "artifacts": artifacts, "gland_center_mm": _world(an, (0, 0, 0)), "report_withheld": empty_report,
     }
+    if dwi is not None:  # the ADC each focus was given (mimics first, as rendered)
+        for finding, adc in zip(meta["benign"] + meta["lesions"], dwi.focus_adc):
+            finding["adc"] = adc
     return PhantomCase(
         case_id=f"phantom_{index:04d}", array=array, affine=affine, findings=findings, pirads=overall,
         label=label_for(data.label_rule, overall, cspca), report="" if empty_report else report, meta=meta,
+        sequences=dwi.images if dwi is not None else {}, dwi_affine=dwi.affine if dwi is not None else None,
     )
+
+
+def _diffusion(index: int, plan: _Plan, masks: dict[str, np.ndarray], data: DataConfig, phantom: PhantomConfig,
+               names: list[str]) -> DiffusionImages:
+    """The case's DWI sequences ``names`` from its render masks, on the DWI stream."""
+    foci = [(f.kind, None) for _, f in plan.mimics] + [(f.kind, les["dwi_score"]) for les, f in plan.lesions]
+    return acquire_dwi(masks, foci, data, _case_rng(phantom, index, "dwi"), _hardness(phantom.difficulty), names)
 
 
 # ---------------------------------------------------------------- the dataset
@@ -428,12 +450,24 @@ def _swap_in(new: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_images(case: PhantomCase, folder: Path) -> str | dict[str, str]:
+    """Write the case's volumes as int16 NIfTI (exact: integer-valued); the manifest's ``image`` field."""
+    paths = {"t2w": f"images/{case.case_id}.nii.gz"}
+    write_nifti(case.array, case.affine, folder / paths["t2w"], dtype=np.int16)
+    for name, array in case.sequences.items():
+        paths[name] = f"images/{case.case_id}_{name}.nii.gz"
+        write_nifti(array, case.dwi_affine, folder / paths[name], dtype=np.int16)
+    return paths if case.sequences else paths["t2w"]
+
+
 def write_phantom_dataset(out_dir: str | os.PathLike[str], data: DataConfig, phantom: PhantomConfig,
                           progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> Path:
     """Write ``images/<case_id>.nii.gz``, ``manifest.jsonl`` and ``phantom.json`` into ``out_dir``.
 
-    The dataset is built in a temporary sibling folder and renamed into place when complete; an existing,
-    non-empty ``out_dir`` raises ``InputError`` unless ``overwrite``. Returns the manifest path.
+    With ``data.modalities`` beyond T2W, also ``images/<case_id>_adc.nii.gz`` / ``_hbv.nii.gz`` on the DWI
+    grid, and each record's ``image`` maps modality -> path (as a PI-CAI manifest does). The dataset is built
+    in a temporary sibling folder and renamed into place when complete; an existing, non-empty ``out_dir``
+    raises ``InputError`` unless ``overwrite``. Returns the manifest path.
     """
     from synthaug import __version__
 
@@ -446,9 +480,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike[str], data: DataConfig, pha
         cases = []
         for i in range(n):
             case = make_phantom_case(i, data, phantom, bool(positive[i]), empty_report=False)
-            image = f"images/{case.case_id}.nii.gz"
-            write_nifti(case.array, case.affine, tmp / image, dtype=np.int16)  # exact: integer-valued
-            cases.append((case.case_id, image, case.label, case.pirads, case.report, case.meta))
+            cases.append((case.case_id, _write_images(case, tmp), case.label, case.pirads, case.report, case.meta))
             if progress is not None:
                 progress(i + 1, n)
         labels = [c[2] for c in cases]

@@ -4,7 +4,7 @@ Shapes live in millimetres in a patient frame centred on the gland (+x patient r
 +z superior) and are sampled at physical positions, so a finer grid over the same field of view shows
 the same anatomy. The renderer samples a supersampled grid and area-averages it down (partial volume).
 Values are relative T2-weighted signal (urine ~1); acquisition effects (bias, noise, motion) are added
-by ``synthaug.data.phantom``.
+by ``synthaug.data.phantom``; the diffusion sequences are painted from the masks by ``synthaug.data.phantom_dwi``.
 """
 
 from __future__ import annotations
@@ -477,7 +477,9 @@ class _Renderer:
             x, y, z = self.grid.at(box)
             frame = _frame((side * math.cos(rad), -0.25, math.sin(rad)))
             d = _ellipsoid(x, y, z, center, (length, width, 0.8 * width), frame) + 1.2 * self.noise.mid[0][box]
-            _paint(self.img[box], _ramp(d, e), t2["sv_septa"])
+            outer = _ramp(d, e)
+            _paint(self.img[box], outer, t2["sv_septa"])
+            self._mask("sv", box, outer)
             lumen = _ramp(d + 1.0, e) * _ramp(0.2 - self.noise.mid[1][box], 0.5)
             _paint(self.img[box], lumen, t2["sv"])
 
@@ -637,7 +639,8 @@ def render(an: Anatomy, foci: tuple[Focus, ...], shape, spacing, rng: np.random.
            with_masks: bool = False) -> Rendered:
     """Render the anatomy and ``foci`` (lesions, mimics) noise-free at ``shape``/``spacing`` (mm).
 
-    ``rng`` draws the tissue textures. Masks (``gland``, ``pz``, ``tz``, ``urine``, ``rectum``, ``rectal_air``,
-    ``muscle``, ``focus<i>``) are partial-volume fractions on the output grid.
+    ``rng`` draws the tissue textures. Masks (``gland``, ``pz``, ``tz``, ``urine``, ``sv``, ``rectum``,
+    ``rectal_air``, ``muscle``, ``focus<i>``) are partial-volume fractions on the output grid; asking for
+    them leaves the image unchanged.
     """
     return _Renderer(an, shape, spacing, rng, with_masks).render(tuple(foci))

@@ -1,4 +1,4 @@
-"""Preprocessed volumes by path, loaded once per process."""
+"""Preprocessed volumes by path, loaded once per process: ``(C, X, Y, Z)``, one channel per sequence."""
 
 from __future__ import annotations
 
@@ -20,21 +20,24 @@ class VolumeStore:
     def __init__(self, data: DataConfig, crop: Sequence[int] | None = None) -> None:
         from monai.transforms import CenterSpatialCrop
 
-        if list(data.modalities) != ["t2w"]:  # a synthetic item is one multi-channel file, a real one a file per key
-            raise InputError(f"the sweep and quality metrics take T2W-only data, not {'+'.join(data.modalities)}",
-                             where="data.modalities", fix="train the generator with data.modalities=[t2w]")
+        from synthaug.data.transforms import MODALITY_KEYS, preprocessing_transforms
 
-        from synthaug.data.transforms import preprocessing_transforms
-
-        self.preprocess = preprocessing_transforms(data)
+        self.keys = [MODALITY_KEYS[m] for m in data.modalities]  # image (T2W), then adc, hbv: a file per key
+        self.preprocess = preprocessing_transforms(data)  # the sequences resampled onto T2W, stacked as channels
         self.crop = CenterSpatialCrop(list(crop)) if crop else None
-        self.volumes: dict[str, torch.Tensor] = {}
+        self.volumes: dict[tuple[str, ...], torch.Tensor] = {}
 
     def __call__(self, item: dict) -> dict:
-        path = str(item["image"])
-        if path not in self.volumes:
-            loaded = self.preprocess({"image": path})["image"]
+        missing = [key for key in self.keys if not item.get(key)]
+        if missing:
+            who = item.get("case_id") or item.get("image")
+            raise InputError(f"case {who!r} has no {missing[0]!r} image, which the data settings' sequences "
+                             f"({', '.join(self.keys)}) need", where=str(who),
+                             fix="give every case every sequence, or drop that sequence from data.modalities")
+        paths = tuple(str(item[key]) for key in self.keys)
+        if paths not in self.volumes:
+            loaded = self.preprocess(dict(zip(self.keys, paths)))["image"]
             if self.crop is not None:
                 loaded = self.crop(loaded)
-            self.volumes[path] = torch.as_tensor(loaded).float().contiguous()
-        return {"image": self.volumes[path], "label": int(item["label"])}
+            self.volumes[paths] = torch.as_tensor(loaded).float().contiguous()
+        return {"image": self.volumes[paths], "label": int(item["label"])}

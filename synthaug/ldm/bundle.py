@@ -230,7 +230,7 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
         module.requires_grad_(False)
         return module
 
-    autoencoder = built(build_autoencoder(config.autoencoder), AUTOENCODER_FILE)
+    autoencoder = built(build_autoencoder(config.autoencoder, in_channels=len(config.data.modalities)), AUTOENCODER_FILE)
     ldm = built(CCELLALDM.from_config(config, text_dim), LDM_FILE)
     ema = built(CCELLALDM.from_config(config, text_dim), LDM_EMA_FILE) if (path / LDM_EMA_FILE).is_file() else None
     return Bundle(path=path, config=config, info=info, autoencoder=autoencoder, ldm=ldm, ldm_ema=ema,

@@ -144,6 +144,7 @@ class SyntheticCache:
             "bundle_path": str(Path(generator.bundle.path).resolve()), "generator": generator.settings(),
             "report_source": generator.report_source, "seed": int(seed), "file_format": file_format,
             "dtype": "float32", "shape": [len(data.modalities), *generator.image_shape],
+            "sequences": list(data.modalities),  # one file per sequence, under the real items' keys
             "spacing": list(generator.spacing), "affine": generator.affine.tolist(),
             "train_case_ids": sorted(generator.bundle.train_case_ids),
             "data": data.model_dump(mode="json"),  # geometry and preprocessing the volumes were made for
@@ -258,9 +259,15 @@ class SyntheticCache:
         match = _ID.fullmatch(row["id"])
         if not match or int(match["label"]) != row["label"]:
             return f"id {row['id']!r} is not syn-l<label>-<index> with its label {row['label']}"
-        own = f"{VOLUMES_DIR}/{row['id']}{FILE_FORMATS[self.meta['file_format']]}"
-        if row["file"] != own:
-            return f"names the file {row['file']!r}, not its own {own!r}"
+        own = self.files_of(row["id"])
+        if row["file"] != own["image"]:
+            return f"names the file {row['file']!r}, not its own {own['image']!r}"
+        extra = row.get("sequences", {})
+        wanted = {k: v for k, v in own.items() if k != "image"}
+        if not isinstance(extra, dict) or {k: (e or {}).get("file") if isinstance(e, dict) else e
+                                           for k, e in extra.items()} != wanted \
+                or not all(isinstance(e.get("sha256"), str) for e in extra.values()):
+            return f"does not list its own sequence files {sorted(wanted.values())} with their sha256"
         return None
 
     def _parse(self, lines: list[str]) -> tuple[dict[str, dict[str, Any]], list[int], list[str]]:
@@ -305,11 +312,11 @@ class SyntheticCache:
             self._rows, self._read_size = rows, size
         return self._rows
 
-    def _append(self, rows: Sequence[dict[str, Any]], staged: Mapping[str, Path] | None = None,
+    def _append(self, rows: Sequence[dict[str, Any]], staged: Mapping[str, Mapping[str, Path]] | None = None,
                 rejected: Sequence[dict[str, Any]] = (), keep: int | None = None) -> list[str]:
         """Append rows whose id is not in the manifest yet, under the lock; returns the new ids.
 
-        ``staged``: id -> a written volume file, renamed onto the row's ``file`` just before its line is added.
+        ``staged``: id -> {item key: a written file}, renamed onto the row's files just before its line is added.
         ``rejected``: candidates a filter refused, recorded in ``rejected.jsonl`` (never in the manifest).
         ``keep``: at most this many rows of each row's class in the manifest (a filtered class stops exactly there).
         """
@@ -330,7 +337,8 @@ class SyntheticCache:
                     handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
             for r in new:
                 if staged and r["id"] in staged:
-                    os.replace(staged[r["id"]], self.path / r["file"])
+                    for key, (final, _) in self.row_files(r).items():
+                        os.replace(staged[r["id"]][key], final)
             if new:
                 text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in new)
                 with open(file, "ab") as handle:
@@ -352,12 +360,42 @@ class SyntheticCache:
     def file(self, row: Mapping[str, Any]) -> Path:
         return self.path / row["file"]
 
+    @property
+    def sequences(self) -> list[str]:
+        """The sequences each volume holds, T2W first (caches from before bpMRI support: T2W, or one
+        multi-channel file per volume)."""
+        return list(self.meta.get("sequences", ["t2w"]))
+
+    @property
+    def sequence_keys(self) -> list[str]:
+        """The item keys of the sequences (``image``, ``adc``, ``hbv``), as a real manifest item has them."""
+        return list(self.files_of("syn-l0-000000"))
+
+    def files_of(self, row_id: str) -> dict[str, str]:
+        """A volume's own files relative to the cache, by item key: T2W (or an old multi-channel file) under
+        ``image``, every other sequence beside it."""
+        from synthaug.generate import sequence_files
+
+        suffix = FILE_FORMATS[self.meta["file_format"]]
+        modalities = self.sequences if "sequences" in self.meta else ["t2w"]
+        return sequence_files(f"{VOLUMES_DIR}/{row_id}", suffix, modalities)
+
+    def row_files(self, row: Mapping[str, Any]) -> dict[str, tuple[Path, str]]:
+        """Every file of a row with its recorded sha256, by item key."""
+        files = {"image": (self.path / row["file"], row["sha256"])}
+        for key, entry in row.get("sequences", {}).items():
+            files[key] = (self.path / entry["file"], entry["sha256"])
+        return files
+
     def item(self, row_id: str, image_key: str = "image", label_from: str = "requested") -> dict[str, Any]:
-        """One volume as a MONAI-style dict: its file path under ``image_key``, like a real manifest item."""
+        """One volume as a MONAI-style dict: the file of each sequence under the key a real manifest item
+        uses for it (T2W under ``image_key``, then ``adc``, ``hbv``), so one ``LoadImaged`` chain loads both."""
         row = self.rows()[row_id]
         label = row["predicted_label"] if label_from == "predicted" else row["label"]
-        return {image_key: str(self.file(row)), "label": int(label), "is_synthetic": True, "synthetic_id": row_id,
-                "case_id": row_id, "report": row["report"]}
+        files = {image_key: str(self.file(row))}
+        files.update({key: str(self.path / entry["file"]) for key, entry in row.get("sequences", {}).items()})
+        return {**files, "label": int(label), "is_synthetic": True, "synthetic_id": row_id, "case_id": row_id,
+                "report": row["report"]}
 
     def items(self, label: int | None = None, image_key: str = "image") -> list[dict[str, Any]]:
         return [self.item(i, image_key) for i in self.ids(label)]
@@ -453,7 +491,7 @@ class SyntheticCache:
         With ``volume_filter`` a volume is recorded only when the filter gives its requested class at least
         the filter's confidence (the others go to ``rejected.jsonl``), and at most ``keep`` per class.
         """
-        from synthaug.generate import write_volume
+        from synthaug.generate import write_sequences, write_volume
 
         if not pairs:
             return []
@@ -468,16 +506,20 @@ class SyntheticCache:
                 row_id = volume_id(label, index)
                 if row_id in present:  # made with its batch again: the recorded file stays as it is
                     continue
-                # Written beside its final name first; _append moves it into place under the lock, so a
+                # Written beside their final names first; _append moves them into place under the lock, so a
                 # file is never replaced after another writer recorded its sha256.
-                fd, temp = tempfile.mkstemp(prefix=f".{row_id}.", suffix=f".staged{suffix}", dir=self.path / VOLUMES_DIR)
-                os.close(fd)
-                staged[row_id] = write_volume(volume, out.affine, temp)
+                own = self.files_of(row_id)
+                temps = {key: self._staging(row_id, key, suffix) for key in own}
+                # A cache from before per-sequence files keeps its one (multi-channel) file per volume.
+                staged[row_id] = write_sequences(volume, out.affine, temps) if "sequences" in self.meta \
+                    else {"image": write_volume(volume, out.affine, temps["image"])}
                 rows.append({
                     "id": row_id, "label": label, "requested_label": label, "predicted_prob": record["predicted_prob"],
                     "predicted_label": record["predicted_label"], "report": record["report"],
                     "report_source": record["report_source"], "seed": record["seed"],
-                    "file": f"{VOLUMES_DIR}/{row_id}{suffix}", "sha256": file_sha256(staged[row_id]),
+                    "file": own["image"], "sha256": file_sha256(staged[row_id]["image"]),
+                    **({"sequences": {k: {"file": f, "sha256": file_sha256(staged[row_id][k])}
+                                      for k, f in own.items() if k != "image"}} if len(own) > 1 else {}),
                 })
             rejected = []
             if volume_filter is not None and rows:
@@ -489,8 +531,14 @@ class SyntheticCache:
                 rows = [r for r in rows if r["filter_prob"] >= volume_filter.confidence]
             return self._append(rows, staged, rejected, keep)
         finally:
-            for temp in staged.values():  # those another writer recorded first, or left by an error
-                temp.unlink(missing_ok=True)
+            for files in staged.values():  # those another writer recorded first, or left by an error
+                for temp in files.values():
+                    temp.unlink(missing_ok=True)
+
+    def _staging(self, row_id: str, key: str, suffix: str) -> Path:
+        fd, temp = tempfile.mkstemp(prefix=f".{row_id}.{key}.", suffix=f".staged{suffix}", dir=self.path / VOLUMES_DIR)
+        os.close(fd)
+        return Path(temp)
 
     # ------------------------------------------------------------ checks
 
@@ -500,14 +548,14 @@ class SyntheticCache:
         report = VerifyReport(volumes=len(rows), bad_lines=bad, duplicates=sorted(set(duplicates)),
                               why=dict(self._problems))
         for row_id, row in sorted(rows.items()):
-            file = self.file(row)
-            if not file.is_file():
+            files = self.row_files(row).values()
+            if not all(file.is_file() for file, _ in files):
                 report.missing.append(row_id)
-            elif file_sha256(file) != row.get("sha256"):
+            elif any(file_sha256(file) != sha for file, sha in files):
                 report.corrupt.append(row_id)
         folder = self.path / VOLUMES_DIR
         if folder.is_dir():
-            listed = {Path(r["file"]).name for r in rows.values()}
+            listed = {file.name for r in rows.values() for file, _ in self.row_files(r).values()}
             for f in sorted(folder.iterdir()):
                 if f.name.startswith("."):
                     report.temp_files.append(f.name)

@@ -9,7 +9,8 @@
 A synthetic item carries its volume's file path under the image key, exactly like a real manifest
 item, so the user's ``LoadImaged``-based transform loads both kinds the same way. Every item has the
 same keys, so mixed batches collate: the image, ``label``, ``case_id``, ``report``, ``is_synthetic`` and
-``synthetic_id`` ("" for real ones), plus the real items' keys named in ``keep_keys`` (synthetic items
+``synthetic_id`` ("" for real ones), the file of every further sequence of the synthetic volumes (``adc``,
+``hbv`` from a bpMRI generator, as in a real manifest), plus the real items' keys named in ``keep_keys`` (synthetic items
 take those from their cache manifest line, or None). The synthetic volumes come from a pool
 (``synthaug.mix.sources``): a cache's fixed pool per class, or a generator making them as needed.
 """
@@ -88,6 +89,7 @@ class SyntheticMixDataset(Dataset):
         self.real_counts = {c: self.real_labels.count(c) for c in LABELS}
         self.pool: SyntheticPool | None = open_pool(synthetic, cache_dir=cache_dir, generate=generate,
                                                     label_from=label_from, pool_size=pool_size)
+        self.sequence_keys = self._sequence_keys()
         self.length = self._epoch_length(num_synthetic)
         self.ratio = self.schedule.ratio(0)  # the first epoch's ratio (the whole run's, when constant)
         self.peak_quotas = self._peak_quotas()
@@ -107,6 +109,27 @@ class SyntheticMixDataset(Dataset):
     def generator(self) -> CCELLAGenerator | None:
         """What generates missing volumes (None: a cache, and in a DataLoader worker)."""
         return self.pool.generator if self.pool is not None else None
+
+    def _sequence_keys(self) -> list[str]:
+        """The image keys every item carries: one per sequence of the synthetic volumes (``image_key`` for
+        T2W, then ``adc``, ``hbv``), so a transform written for the real items loads the synthetic ones too."""
+        keys = [self.image_key if k == "image" else k for k in self.cache.sequence_keys] \
+            if self.cache is not None else [self.image_key]
+        lacking = [k for k in self.keep_keys if k in ("adc", "hbv") and k not in keys]
+        if lacking and self.pool is not None:
+            raise InputError(f"the synthetic volumes have no {lacking[0]!r} image (their sequences: "
+                             f"{', '.join(self.cache.sequences)})", where="keep_keys",
+                             fix="use a cache of a generator trained on that sequence too (data.modalities), "
+                                 f"or drop {lacking[0]!r} from keep_keys")
+        items = getattr(self.real, "data", self.real)
+        for i in range(len(items) if len(keys) > 1 else 0):
+            absent = [k for k in keys[1:] if not items[i].get(k)]
+            if absent:
+                raise InputError(f"real item {items[i].get('case_id', i)!r} has no {absent[0]!r} image, which the "
+                                 f"synthetic volumes have ({', '.join(keys)})", where="real",
+                                 fix=f"give every real case its {absent[0]!r} file, or use a cache made with "
+                                     "the real data's sequences")
+        return keys
 
     def _epoch_length(self, num_synthetic: int | None) -> int:
         """Items per epoch, the same for every epoch (see ``synthaug.mix.schedule``)."""
@@ -203,7 +226,8 @@ class SyntheticMixDataset(Dataset):
                              where="real", fix=f"give every real item an {self.image_key!r}, or pass image_key=")
         return {self.image_key: source[self.image_key], "label": source[self.label_key],
                 "case_id": source.get("case_id", f"real-{index}"), "report": source.get("report", ""),
-                "is_synthetic": False, "synthetic_id": "", **{k: source.get(k) for k in self.keep_keys}}
+                "is_synthetic": False, "synthetic_id": "", **{k: source[k] for k in self.sequence_keys[1:]},
+                **{k: source.get(k) for k in self.keep_keys}}
 
     def _synthetic_item(self, row_id: str) -> dict[str, Any]:
         item = self.pool.item(row_id, self.image_key)

@@ -12,7 +12,7 @@ cache's provenance, so an evaluation can refuse to judge the cache with the filt
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ class VolumeFilter:
             raise InputError("the filter trains on real 'train' cases and is selected on 'val' cases",
                              where=str(manifest.path), fix="mark train and val splits in the manifest")
         load = VolumeStore(data, crop)
-        net = build_model(model, in_channels=1, num_classes=2, seed=seed)
+        net = build_model(model, in_channels=len(data.modalities), num_classes=2, seed=seed)
         fit(net, Dataset(manifest.items("train"), transform=load), Dataset(manifest.items("val"), transform=load),
             FitConfig(epochs=epochs, seed=seed, patience=None, device="cpu", lr=1e-3,
                       samples_per_epoch=2 * len(manifest.split("train"))), progress=False)
@@ -77,12 +77,12 @@ class VolumeFilter:
 
         check_confidence(confidence)
         weights = load_weights(path)
-        net = build_model(model, in_channels=1, num_classes=2)
+        net = build_model(model, in_channels=len(data.modalities), num_classes=2)
         try:
             net.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "shape or key mismatch"
-            raise InputError(f"is not a {model} with 1 input channel and 2 classes ({first})", where=str(path),
+            raise InputError(f"is not a {model} with {len(data.modalities)} input channel(s) and 2 classes ({first})", where=str(path),
                              fix="pass the weights of the model named by --filter-model") from exc
         return cls(net, model, data, confidence, crop)
 
@@ -111,10 +111,14 @@ class VolumeFilter:
                 "crop": self.crop}
 
     @torch.no_grad()
-    def probabilities(self, paths: Sequence[str | os.PathLike[str]], labels: Sequence[int]) -> list[float]:
-        """P(requested class) of each volume file (preprocessed as the real data)."""
-        if not paths:
+    def probabilities(self, volumes: Sequence[str | os.PathLike[str] | Mapping[str, Any]],
+                      labels: Sequence[int]) -> list[float]:
+        """P(requested class) of each volume (preprocessed as the real data): a T2W file, or its files by
+        item key (``{"image": ..., "adc": ..., "hbv": ...}``) for several sequences."""
+        if not volumes:
             return []
-        x = torch.stack([self.preprocess({"image": str(p), "label": int(c)})["image"] for p, c in zip(paths, labels)])
+        items = [{**({"image": str(v)} if isinstance(v, (str, os.PathLike)) else dict(v)), "label": int(c)}
+                 for v, c in zip(volumes, labels)]
+        x = torch.stack([self.preprocess(item)["image"] for item in items])
         p1 = self.net(x.float()).softmax(dim=-1)[:, 1]
         return [float(p if c == 1 else 1.0 - p) for p, c in zip(p1.tolist(), labels)]

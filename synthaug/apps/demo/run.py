@@ -16,8 +16,8 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,19 @@ class DemoPlan:
     batch_size: int = 8
     lr: float = 1e-3
     extra_train: tuple[str, ...] = ("data.spacing=[2.0, 2.0, 3.0]",)
+    sequences: tuple[str, ...] = ("t2w",)  # t2w,adc,hbv: the biparametric phantom, generator and classifiers
 
     def train_overrides(self) -> list[str]:
         shape = list(self.image_shape)
-        return [f"data.image_shape={shape}", f"phantom.n_cases={self.n_cases}",
+        return [f"data.image_shape={shape}", f"data.modalities={list(self.sequences)}", f"phantom.n_cases={self.n_cases}",
                 f"autoencoder.steps={self.autoencoder_steps}", f"train.steps={self.ldm_steps}",
                 f"train.checkpoint_every={max(self.ldm_steps, 1)}", f"diffusion.prediction={self.prediction}",
                 *self.extra_train]
+
+    def cache_size(self, n_train: int) -> int:
+        """Enough volumes per class for the largest ratio, so no epoch repeats a synthetic volume."""
+        largest = max([r.value for r in map(Ratio.parse, self.ratios) if not r.is_synthetic_only] + [1.0])
+        return max(self.synthetic, 2 * math.ceil(largest * n_train / 2) + 2)
 
     @property
     def sampler_label(self) -> str:
@@ -91,7 +97,10 @@ class DemoPlan:
             f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}, focal loss, MONAI augmentation; "
             f"selected on validation AUROC; {self.seeds} seeds per ratio; every ratio sees the same number of "
             "items per epoch (twice the real training items), so a gain is not just more optimiser steps.",
-        ]
+        ] + ([f"Sequences: {'+'.join(self.sequences)} (biparametric): the phantom writes ADC and high-b DWI on a "
+              "coarser grid, resampled onto T2W; the generator makes all of them together; the classifiers see "
+              "one channel per sequence; synthetic items carry a file per sequence, as the real ones."]
+             if len(self.sequences) > 1 else [])
 
 
 QUICK = DemoPlan(n_cases=60, image_shape=(32, 32, 16), autoencoder_steps=20, ldm_steps=80, synthetic=16,
@@ -132,8 +141,11 @@ class _Stages:
 
 
 def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progress: Progress | None = None,
-             log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or resume) every stage into ``out``; returns the final summary (also in ``summary.json``)."""
+             log: Callable[[str], None] = print, sequences: Sequence[str] = ("t2w",)) -> dict[str, Any]:
+    """Run (or resume) every stage into ``out``; returns the final summary (also in ``summary.json``).
+
+    ``sequences``: ``("t2w", "adc", "hbv")`` runs it all on the biparametric phantom (bpMRI).
+    """
     from synthaug.apps.evaluate import evaluate_synthetic
     from synthaug.apps.sweep import SweepSettings, run_sweep
     from synthaug.config import load_config
@@ -142,7 +154,7 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
     from synthaug.ldm.train import train_generator
     from synthaug.mix.cache import SyntheticCache
 
-    plan = QUICK if quick else DemoPlan()
+    plan = replace(QUICK if quick else DemoPlan(), sequences=tuple(sequences))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(preset="tiny", overrides=plan.train_overrides())
@@ -159,18 +171,13 @@ def run_demo(out: str | Path, *, quick: bool = False, force: bool = False, progr
                lambda: train_generator(manifest, bundle, cfg, work_dir=out / "bundle.work", overwrite=True,
                                        progress=progress))
 
-    def cache_size() -> int:
-        """Enough volumes per class for the largest ratio, so no epoch repeats a synthetic volume."""
+    def pregenerate() -> None:
         from synthaug.data.manifest import load_manifest
 
-        n_train = len(load_manifest(manifest).split("train"))
-        largest = max([r.value for r in map(Ratio.parse, plan.ratios) if not r.is_synthetic_only] + [1.0])
-        return max(plan.synthetic, 2 * math.ceil(largest * n_train / 2) + 2)
-
-    def pregenerate() -> None:
         generator = CCELLAGenerator.from_bundle(bundle, sampler=plan.sampler, steps=plan.sampler_steps)
         report = (lambda done, total: progress("pregenerate", done, total, {})) if progress else None
-        SyntheticCache.create(cache, generator).pregenerate(generator, n=cache_size(), progress=report)
+        n = plan.cache_size(len(load_manifest(manifest).split("train")))
+        SyntheticCache.create(cache, generator).pregenerate(generator, n=n, progress=report)
 
     stages.run("pregenerate", [plan.synthetic, plan.sampler, plan.sampler_steps, plan.ratios], [cache], pregenerate)
     stages.run("evaluate", [plan.evaluate_max, plan.fidelity_epochs, plan.crop], [quality],

@@ -86,6 +86,11 @@ def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[
         raise InputError(f"synthetic volumes are {first_shape}, the classifier's input {list(data.image_shape)}",
                          where=str(paths[0]), fix="use the data settings the generator was trained with "
                                                   "(--preset/--set data.image_shape=...)")
+    if list(data.modalities) != list(first_data.modalities):
+        raise InputError(f"the generator made {'+'.join(first_data.modalities)} volumes, the data settings ask for "
+                         f"{'+'.join(data.modalities)}", where=str(paths[0]),
+                         fix=f"use data.modalities={list(first_data.modalities)}, the sequences it was trained on")
+    _check_sequences(manifest, data)
     described = [describe_source(source) for source, _, _ in opened]
     names = source_names(paths, described)
     load = VolumeStore(data, settings.crop)
@@ -94,3 +99,15 @@ def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[
     return SweepData(manifest, manifest.items("train"), Dataset(manifest.items("val"), transform=load),
                      Dataset(manifest.items("test"), transform=load),
                      {n: source for n, (source, _, _) in zip(names, opened)}, dict(zip(names, described)), load, out)
+
+
+def _check_sequences(manifest, data: DataConfig) -> None:
+    """Every case of the three splits has a file for every sequence the classifiers will see."""
+    from synthaug.data.transforms import MODALITY_KEYS
+
+    for key in [MODALITY_KEYS[m] for m in data.modalities]:
+        for case in (c for split in ("train", "val", "test") for c in manifest.items(split)):
+            if not case.get(key):
+                raise InputError(f"case {case['case_id']!r} has no {key!r} image, which the synthetic volumes have "
+                                 f"({'+'.join(data.modalities)})", where=str(manifest.path),
+                                 fix=f"give every case its {key!r} file, or compare against a T2W-only generator")

@@ -60,7 +60,8 @@ def train_set(arm: Arm, data: SweepData, settings: SweepSettings, seed: int, epo
     return SyntheticMixDataset(data.real_train, None if arm.is_real_only else data.sources[arm.synthetic],
                                ratio=arm.schedule, epochs=epochs, class_balance=settings.class_balance,
                                transform=SeenItems(data.load), seed=seed, cache_dir=data.cache_dir,
-                               label_from=settings.label_from, pool_size=0)
+                               label_from=settings.label_from, pool_size=0,
+                               keep_keys=data.load.keys[1:])  # the further sequences (adc, hbv), in every arm
 
 
 def objective_for(data: SweepData, settings: SweepSettings,
@@ -85,7 +86,7 @@ def objective_for(data: SweepData, settings: SweepSettings,
         values, tests = [], []
         for seed in range(settings.seeds):
             train = train_set(arm, data, settings, seed, epochs)
-            model = build_model(arm.model, in_channels=1, num_classes=2, seed=seed)
+            model = build_model(arm.model, in_channels=len(data.load.keys), num_classes=2, seed=seed)
 
             def on_epoch(epoch: int, val: dict, seed: int = seed) -> None:
                 if progress:

@@ -28,15 +28,17 @@ SEQUENCES = ("t2w", "adc", "hbv")
 
 
 def _sweep_rows(summary: dict) -> list[dict]:
-    model = summary["models"][0]
+    """Per arm: test balanced accuracy and AUROC, and the paired difference from real only on the sweep's
+    metric with its Holm-corrected p."""
+    model, metric = summary["models"][0], summary["metric"]
     rows = []
     for key in summary["per_model"][model]["arms"]:
         arm = summary["per_arm"][key]
-        diff = (arm["vs_real_only"] or {}).get("balanced_accuracy") or {}
+        diff = (arm["vs_real_only"] or {}).get(metric) or {}
         rows.append({"arm": summary["per_model"][model]["labels"][key], "role": arm["role"],
                      "balanced_accuracy": arm["test"]["balanced_accuracy"]["mean"],
-                     "auroc": arm["test"]["auroc"]["mean"], "diff_balanced_accuracy": diff.get("mean"),
-                     "p_holm": diff.get("p_holm")})
+                     "auroc": arm["test"]["auroc"]["mean"], f"diff_{metric}": diff.get("mean"),
+                     "p": diff.get("p"), "p_holm": diff.get("p_holm")})
     return rows
 
 
@@ -49,25 +51,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the quick demo's sizes")
     parser.add_argument("--out", type=Path, help="demo folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=RESULTS / "bench_bpmri.json")
+    parser.add_argument("--from", dest="done", type=Path, help="summarise a finished bpMRI demo folder instead")
     args = parser.parse_args()
+
+    import optuna
 
     from synthaug.apps.demo.run import run_demo
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     load = os.getloadavg()[0]
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench_bpmri_"))
+    out = args.done or args.out or Path(tempfile.mkdtemp(prefix="bench_bpmri_"))
     start = time.perf_counter()
-    summary = run_demo(out, quick=args.quick, force=True, sequences=SEQUENCES, log=lambda *a: None)
-    seconds = time.perf_counter() - start
+    if args.done is None:
+        run_demo(out, quick=args.quick, force=True, sequences=SEQUENCES, log=lambda *a: None)
+    summary = json.loads((out / "sweep" / "summary.json").read_text())
+    seconds = time.perf_counter() - start if args.done is None else None
     stages = json.loads((out / "demo_state.json").read_text())
     metrics = json.loads((out / "quality" / "metrics.json").read_text())
     chain = metrics.get("class_signal", {})
-    payload = {"seconds": round(seconds, 1), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-               "stages": {k: v["seconds"] for k, v in stages.items()}, "sequences": metrics["sequences"],
-               "class_signal": chain, "sweep": _sweep_rows(summary), "verdict": summary["verdict"],
-               "quick": args.quick}
+    payload = {"seconds": seconds and round(seconds, 1), "stages": {k: v["seconds"] for k, v in stages.items()},
+               "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if seconds else None,
+               "sequences": metrics["sequences"], "class_signal": chain, "sweep": _sweep_rows(summary),
+               "verdict": summary["verdict"], "quick": args.quick, "folder": str(out)}
 
-    print(f"bpMRI demo ({'quick' if args.quick else 'full'}), {seconds:.0f} s, peak RSS {payload['peak_rss_gib']:.2f} GiB,"
-          f" load before {load:.2f}")
+    print(f"bpMRI demo in {out}: {sum(payload['stages'].values()):.0f} s of stages"
+          + (f", peak RSS {payload['peak_rss_gib']:.2f} GiB" if seconds else "") + f", load before {load:.2f}")
     print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in payload["stages"].items()))
     from synthaug.markdown import markdown_table
     from synthaug.metrics.class_signal import ClassSignalChain
@@ -77,7 +85,7 @@ def main() -> None:
                                    [[n, *(metrics["sequences"][s].get(n, "-") for s in SEQUENCES)] for n in names])))
     if chain:
         print(ClassSignalChain.from_dict(chain).markdown())
-    keys = ("arm", "role", "balanced_accuracy", "auroc", "diff_balanced_accuracy", "p_holm")
+    keys = tuple(payload["sweep"][0]) if payload["sweep"] else ()
     print("\n".join(markdown_table(keys, [[_cell(row[k]) for k in keys] for row in payload["sweep"]])))
     print(f"verdict: {summary['verdict']}")
     write_record(args.json, payload, args, load)

@@ -83,6 +83,10 @@ def test_the_cache_holds_a_file_per_sequence_under_the_real_keys(bp_cache):
     Path(item["hbv"]).unlink()  # one sequence lost: the volume is incomplete
     report = cache.verify()
     assert report.missing == [item["synthetic_id"]]
+    from synthaug.mix import SyntheticMixDataset
+
+    with pytest.raises(InputError, match="missing"):  # the dataset refuses it before any epoch
+        SyntheticMixDataset([], bp_cache, ratio=1.0)
     shutil.copy(item["adc"], item["hbv"])  # wrong bytes for hbv: corrupt
     assert cache.verify().corrupt == [item["synthetic_id"]]
 

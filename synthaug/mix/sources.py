@@ -106,7 +106,7 @@ class CachePool:
         key = "predicted_label" if self.label_from == "predicted" else "label"
         for c in LABELS:
             self.ids[c] = sorted(i for i, r in rows.items() if r[key] == c)
-            gone = [i for i in self.ids[c] if not self.cache.file(rows[i]).is_file()]
+            gone = [i for i in self.ids[c] if not all(f.is_file() for f, _ in self.cache.row_files(rows[i]).values())]
             if gone:
                 raise InputError(f"{len(gone)} volume file(s) of the cache are missing, e.g. {gone[0]}",
                                  where=str(self.cache.path), fix="run `synthaug cache verify`, then pregenerate "

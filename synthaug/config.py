@@ -22,6 +22,8 @@ from synthaug.errors import ConfigError
 from synthaug.ldm.samplers import sampler_names
 
 Modality = Literal["t2w", "adc", "hbv"]
+# The item key of each sequence in a manifest item, real or synthetic (PI-CAI's names; T2W is ``image``).
+MODALITY_KEYS = {"t2w": "image", "adc": "adc", "hbv": "hbv"}
 LabelRule = Literal["pirads3", "pirads4", "cspca"]
 
 
@@ -83,6 +85,11 @@ class DataConfig(_Section):
         if not all(0.05 <= s <= 20.0 for s in v):
             raise ValueError("every spacing must be between 0.05 and 20 mm")
         return v
+
+    @property
+    def item_keys(self) -> list[str]:
+        """The item key of each of ``modalities``, in order: ``image`` (T2W), then ``adc``, ``hbv``."""
+        return [MODALITY_KEYS[m] for m in self.modalities]
 
     @field_validator("modalities")
     @classmethod

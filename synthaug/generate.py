@@ -293,7 +293,7 @@ def write_volume(volume: torch.Tensor, affine: np.ndarray, path: str | os.PathLi
 def sequence_files(stem: str, suffix: str, modalities: Sequence[str]) -> dict[str, str]:
     """Where one generated volume's sequences go, by the item key a real manifest item uses for each
     (``image`` for T2W, ``adc``, ``hbv``): T2W at ``<stem><suffix>``, another sequence at ``<stem>_<key><suffix>``."""
-    from synthaug.data.transforms import MODALITY_KEYS
+    from synthaug.config import MODALITY_KEYS
 
     keys = [MODALITY_KEYS[m] for m in modalities]
     return {key: f"{stem}{suffix}" if key == "image" else f"{stem}_{key}{suffix}" for key in keys}

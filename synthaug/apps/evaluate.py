@@ -263,7 +263,7 @@ def _quality_per_sequence(real: list[dict], synthetic: list[dict], train: list[d
     The 3D features are the seeded (or MedicalNet) single-channel network: the judge sees all sequences at
     once, so it scores the class signal (the chain) rather than each sequence's features.
     """
-    from synthaug.data.transforms import MODALITY_KEYS
+    from synthaug.config import MODALITY_KEYS
     from synthaug.metrics import evaluate_quality, headline
 
     per_sequence, first = {}, None

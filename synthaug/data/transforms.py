@@ -35,11 +35,9 @@ from monai.transforms import (
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
-from synthaug.config import DataConfig
+from synthaug.config import MODALITY_KEYS, DataConfig
 from synthaug.data.io import image_format, read_volume
 from synthaug.errors import ConfigError, ImageError, SynthaugError
-
-MODALITY_KEYS = {"t2w": "image", "adc": "adc", "hbv": "hbv"}  # modality -> item key (``Manifest.items``)
 
 
 class VolumeReader(ImageReader):
@@ -101,7 +99,7 @@ def above_background(img: torch.Tensor) -> torch.Tensor:
 
 
 def _keys(data: DataConfig, keys: Sequence[str] | None) -> list[str]:
-    keys = [MODALITY_KEYS[m] for m in data.modalities] if keys is None else list(keys)
+    keys = data.item_keys if keys is None else list(keys)
     if "image" not in keys or not set(keys) <= set(MODALITY_KEYS.values()) or len(set(keys)) != len(keys):
         raise ConfigError(f"preprocessing keys {keys} are not valid", where="keys",
                           fix="use 'image' (T2W) plus optionally 'adc' and 'hbv', each once")

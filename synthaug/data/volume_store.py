@@ -20,9 +20,9 @@ class VolumeStore:
     def __init__(self, data: DataConfig, crop: Sequence[int] | None = None) -> None:
         from monai.transforms import CenterSpatialCrop
 
-        from synthaug.data.transforms import MODALITY_KEYS, preprocessing_transforms
+        from synthaug.data.transforms import preprocessing_transforms
 
-        self.keys = [MODALITY_KEYS[m] for m in data.modalities]  # image (T2W), then adc, hbv: a file per key
+        self.keys = data.item_keys  # image (T2W), then adc, hbv: a file per key
         self.preprocess = preprocessing_transforms(data)  # the sequences resampled onto T2W, stacked as channels
         self.crop = CenterSpatialCrop(list(crop)) if crop else None
         self.volumes: dict[tuple[str, ...], torch.Tensor] = {}

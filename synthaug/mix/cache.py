@@ -369,7 +369,9 @@ class SyntheticCache:
     @property
     def sequence_keys(self) -> list[str]:
         """The item keys of the sequences (``image``, ``adc``, ``hbv``), as a real manifest item has them."""
-        return list(self.files_of("syn-l0-000000"))
+        from synthaug.config import MODALITY_KEYS
+
+        return [MODALITY_KEYS[m] for m in self.sequences] if "sequences" in self.meta else ["image"]
 
     def files_of(self, row_id: str) -> dict[str, str]:
         """A volume's own files relative to the cache, by item key: T2W (or an old multi-channel file) under

@@ -103,9 +103,7 @@ def prepare(manifest_path: str | os.PathLike[str], synthetic: str | os.PathLike[
 
 def _check_sequences(manifest, data: DataConfig) -> None:
     """Every case of the three splits has a file for every sequence the classifiers will see."""
-    from synthaug.data.transforms import MODALITY_KEYS
-
-    for key in [MODALITY_KEYS[m] for m in data.modalities]:
+    for key in data.item_keys:
         for case in (c for split in ("train", "val", "test") for c in manifest.items(split)):
             if not case.get(key):
                 raise InputError(f"case {case['case_id']!r} has no {key!r} image, which the synthetic volumes have "

@@ -167,6 +167,39 @@ def choose_threshold(y_true, y_prob, rule: str = "youden") -> float:
     return float(min(best, 1.0))  # roc_curve's first threshold is +inf: "predict nothing positive"
 
 
+def _both_classes(t: np.ndarray) -> np.ndarray:
+    positives = t.sum(axis=1)
+    return (positives > 0) & (positives < t.shape[1])
+
+
+def _auroc_rows(t: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
+    """AUROC of every row (resample) that has both classes: the Mann-Whitney U from average ranks, which is
+    scikit-learn's trapezoidal AUROC, ties counting one half."""
+    from scipy.stats import rankdata
+
+    keep = _both_classes(t)
+    t, p = t[keep], p[keep]
+    n_pos = t.sum(axis=1)
+    n_neg = t.shape[1] - n_pos
+    rank_sum = (rankdata(p, axis=1) * t).sum(axis=1)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def _balanced_accuracy_rows(t: np.ndarray, p: np.ndarray, threshold: float) -> np.ndarray:
+    """Balanced accuracy (mean of sensitivity and specificity) of every row that has both classes."""
+    keep = _both_classes(t)
+    t, y = t[keep], p[keep] >= threshold
+    sensitivity = (y & (t == 1)).sum(axis=1) / (t == 1).sum(axis=1)
+    specificity = (~y & (t == 0)).sum(axis=1) / (t == 0).sum(axis=1)
+    return (sensitivity + specificity) / 2
+
+
+# Metrics whose bootstrap replicates are computed for all resamples at once (scikit-learn's per-call input
+# checks cost ~1 ms each: 1000 resamples took 1.3 s per AUROC); tests check them against scikit-learn.
+_VECTORISED: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "auroc": _auroc_rows, "balanced_accuracy": _balanced_accuracy_rows}
+
+
 def bootstrap_ci(y_true, y_prob, metric: str, n: int = 1000, seed: int = 0, level: float = 0.95,
                  threshold: float = 0.5) -> ConfidenceInterval:
     """Percentile bootstrap interval of ``metric`` over ``n`` case resamples (seeded).
@@ -180,13 +213,12 @@ def bootstrap_ci(y_true, y_prob, metric: str, n: int = 1000, seed: int = 0, leve
     if estimate is None:
         return ConfidenceInterval(metric, None, None, None, level, 0, reason)
     rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = rng.integers(0, t.size, t.size)
-        value = _one(metric, t[idx], p[idx], threshold)[0]
-        if value is not None:
-            values.append(value)
-    if not values:
+    idx = np.stack([rng.integers(0, t.size, t.size) for _ in range(n)])  # one draw per resample, as always
+    if metric in _VECTORISED:
+        values = _VECTORISED[metric](t[idx], p[idx], threshold)
+    else:
+        values = [v for v in (_one(metric, t[i], p[i], threshold)[0] for i in idx) if v is not None]
+    if not len(values):
         return ConfidenceInterval(metric, estimate, None, None, level, 0, "undefined on every resample")
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return ConfidenceInterval(metric, estimate, float(low), float(high), level, len(values))

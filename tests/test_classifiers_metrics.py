@@ -88,6 +88,28 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
     assert undefined.estimate is None and undefined.low is None and "both classes" in undefined.reason
 
 
+@pytest.mark.parametrize("metric", ["auroc", "balanced_accuracy"])
+def test_bootstrap_replicates_are_scikit_learns(metric):
+    """The all-at-once replicates equal scikit-learn's value on every resample: ties (coarse scores), one-class
+    resamples (skipped), small sets; the interval is that of the per-resample loop."""
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(4, 40))
+        y_true, y_prob = rng.integers(0, 2, n), np.round(rng.random(n), 1)
+        y_true[:2] = [0, 1]
+        draws = np.random.default_rng(seed)
+        values = []
+        for _ in range(100):
+            idx = draws.integers(0, n, n)
+            t, p = y_true[idx], y_prob[idx]
+            if t.min() != t.max():
+                values.append(skm.roc_auc_score(t, p) if metric == "auroc" else
+                              skm.balanced_accuracy_score(t, (p >= 0.5).astype(int)))
+        ci = bootstrap_ci(y_true, y_prob, metric, n=100, seed=seed)
+        assert ci.n_resamples == len(values)
+        assert (ci.low, ci.high) == pytest.approx(tuple(np.quantile(values, [0.025, 0.975])), abs=1e-12)
+
+
 def test_bad_input_is_a_clear_error():
     with pytest.raises(ClassifierError, match="3 values but y_prob has 2"):
         binary_metrics([0, 1, 1], [0.2, 0.3])

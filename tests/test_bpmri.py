@@ -169,3 +169,20 @@ def test_data_check_expects_dwi_on_its_own_grid(bp_phantom):
     summary = check_dataset(bp_phantom, read_images=True)
     assert {m for (m, _) in summary.shapes} == {"t2w", "adc", "hbv"} and not summary.problems
     assert not [w for w in summary.warnings if "differ in shape" in w]
+
+
+def test_a_manifest_line_naming_other_sequence_files_is_refused(bp_cache, tmp_path):
+    """Someone else's manifest: a row whose sequence entries are not its own files (or not objects) is a bad
+    line that verify names, never a file read from elsewhere nor a traceback."""
+    from synthaug.mix.cache import MANIFEST_FILE, SyntheticCache
+
+    copy = tmp_path / "cache"
+    shutil.copytree(bp_cache, copy)
+    lines = (copy / MANIFEST_FILE).read_text().splitlines()
+    row = json.loads(lines[0])
+    tampered = [{**row, "sequences": {k: e["file"] for k, e in row["sequences"].items()}},
+                {**row, "sequences": {**row["sequences"], "adc": {"file": "../../etc/passwd", "sha256": "0"}}}]
+    for bad in tampered:
+        (copy / MANIFEST_FILE).write_text("\n".join([json.dumps(bad), *lines[1:]]) + "\n")
+        report = SyntheticCache(copy).verify()
+        assert report.bad_lines == [1] and "sequence files" in report.why[1]

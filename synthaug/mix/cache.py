@@ -264,9 +264,9 @@ class SyntheticCache:
             return f"names the file {row['file']!r}, not its own {own['image']!r}"
         extra = row.get("sequences", {})
         wanted = {k: v for k, v in own.items() if k != "image"}
-        if not isinstance(extra, dict) or {k: (e or {}).get("file") if isinstance(e, dict) else e
-                                           for k, e in extra.items()} != wanted \
-                or not all(isinstance(e.get("sha256"), str) for e in extra.values()):
+        if not isinstance(extra, dict) or set(extra) != set(wanted) or not all(
+                isinstance(e, dict) and e.get("file") == wanted[k] and isinstance(e.get("sha256"), str)
+                for k, e in extra.items()):
             return f"does not list its own sequence files {sorted(wanted.values())} with their sha256"
         return None
 
@@ -371,16 +371,14 @@ class SyntheticCache:
         """The item keys of the sequences (``image``, ``adc``, ``hbv``), as a real manifest item has them."""
         from synthaug.config import MODALITY_KEYS
 
-        return [MODALITY_KEYS[m] for m in self.sequences] if "sequences" in self.meta else ["image"]
+        return [MODALITY_KEYS[m] for m in self.sequences]
 
     def files_of(self, row_id: str) -> dict[str, str]:
         """A volume's own files relative to the cache, by item key: T2W (or an old multi-channel file) under
         ``image``, every other sequence beside it."""
         from synthaug.generate import sequence_files
 
-        suffix = FILE_FORMATS[self.meta["file_format"]]
-        modalities = self.sequences if "sequences" in self.meta else ["t2w"]
-        return sequence_files(f"{VOLUMES_DIR}/{row_id}", suffix, modalities)
+        return sequence_files(f"{VOLUMES_DIR}/{row_id}", FILE_FORMATS[self.meta["file_format"]], self.sequences)
 
     def row_files(self, row: Mapping[str, Any]) -> dict[str, tuple[Path, str]]:
         """Every file of a row with its recorded sha256, by item key."""
@@ -394,8 +392,7 @@ class SyntheticCache:
         uses for it (T2W under ``image_key``, then ``adc``, ``hbv``), so one ``LoadImaged`` chain loads both."""
         row = self.rows()[row_id]
         label = row["predicted_label"] if label_from == "predicted" else row["label"]
-        files = {image_key: str(self.file(row))}
-        files.update({key: str(self.path / entry["file"]) for key, entry in row.get("sequences", {}).items()})
+        files = {image_key if key == "image" else key: str(path) for key, (path, _) in self.row_files(row).items()}
         return {**files, "label": int(label), "is_synthetic": True, "synthetic_id": row_id, "case_id": row_id,
                 "report": row["report"]}
 

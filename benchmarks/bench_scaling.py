@@ -4,14 +4,17 @@ decoding), LDM and VAE training step times, and each measurement's peak memory.
 
     python benchmarks/bench_scaling.py                      # sizes 32^3 .. 128x128x64, tiny networks (~10 min)
     python benchmarks/bench_scaling.py --sizes 64x64x32 --presets tiny,small
+    python benchmarks/bench_scaling.py --device cuda --presets paper --sizes 256x256x128 --train-batch 1
 
 The networks are freshly initialised (speed does not depend on the weights). Generation per volume is
 measured, not modelled, for its two parts: ``steps x`` one guided U-Net call on a batch (``2 x batch`` items:
 the request and its null-class branch) divided by the batch, plus one decoder pass per volume; both in
-the generator's default precision on this machine (bf16 on a CPU with native bf16, else fp32). Training
-steps are batch 4 with the trainer's settings: LDM fp32 with fused AdamW, VAE bf16 autocast on whole
-volumes and, where the preset trains on patches, on its patch size. Each configuration runs in its own
-process, so its peak RSS is its own. Prints a table and writes benchmarks/results/bench_scaling.json.
+the generator's default precision on the device (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32);
+a MAISI autoencoder decodes with the preset's split convolutions. Training steps are batch ``--train-batch``
+(default 4) with the trainer's settings: LDM fp32 with fused AdamW, VAE under the trainer's autocast (bf16
+on CPU, fp16 with loss scaling on CUDA) on whole volumes and, where the preset trains on patches, on its
+patch size. Each configuration runs in its own process, so its peak memory is its own: RSS, and on CUDA
+the peak of allocated GPU memory. Prints a table and writes benchmarks/results/bench_scaling.json.
 """
 
 from __future__ import annotations
@@ -29,44 +32,55 @@ RESULTS = Path(__file__).parent / "results"
 SIZES = ("32x32x32", "48x48x32", "64x64x32", "96x96x48", "128x128x64")
 
 
-def _best(fn, reps: int) -> float:
-    fn()  # warm-up (oneDNN picks its kernels on the first call)
+def _best(fn, reps: int, device: str = "cpu") -> float:
+    import torch
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up (oneDNN and cuDNN pick their kernels on the first call)
+    sync()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
 
-def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bool) -> dict:
-    """Runs in a child process: one (preset, size, batch) configuration."""
+def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bool, device: str = "cpu",
+            train_batch: int = 4, overrides: tuple[str, ...] = ()) -> dict:
+    """Runs in a child process: one (preset, size, batch) configuration on ``device``."""
     import torch
 
     from synthaug.config import load_config
     from synthaug.generate import generation_precision
-    from synthaug.ldm.autoencoder import build_autoencoder, resolve_precision
+    from synthaug.ldm.autoencoder import build_autoencoder, decode_latents, downsample_factor, resolve_precision
     from synthaug.ldm.model import CCELLALDM, null_class
 
     shape = [int(v) for v in size.split("x")]
-    cfg = load_config(preset=preset, overrides=[f"data.image_shape={shape}"])
+    cfg = load_config(preset=preset, overrides=[f"data.image_shape={shape}", *overrides])
     g = torch.Generator().manual_seed(0)
-    ldm = CCELLALDM.from_config(cfg, text_dim=384).eval()
-    vae = build_autoencoder(cfg.autoencoder, seed=0).eval()
-    latent = [s // 4 for s in shape]
+    ldm = CCELLALDM.from_config(cfg, text_dim=384).eval().to(device)
+    vae = build_autoencoder(cfg.autoencoder, seed=0).eval().to(device)
+    latent = [s // downsample_factor(cfg) for s in shape]
     c = cfg.autoencoder.latent_channels
     tokens = cfg.text.max_tokens
-    precision = generation_precision("auto", torch.device("cpu"))
-    dtype = resolve_precision(precision, "cpu")
+    precision = generation_precision("auto", torch.device(device))
+    dtype = resolve_precision(precision, device)
     items = 2 * batch  # the request and its null-class branch (class guidance)
-    x = torch.randn((items, c, *latent), generator=g)
-    t = torch.randint(0, 1000, (items,), generator=g)
-    text, mask = torch.randn((items, tokens, 384), generator=g), torch.ones(items, tokens, dtype=torch.bool)
-    spacing = torch.tensor([list(cfg.data.spacing)] * items)
+    x = torch.randn((items, c, *latent), generator=g).to(device)
+    t = torch.randint(0, 1000, (items,), generator=g).to(device)
+    text = torch.randn((items, tokens, 384), generator=g).to(device)
+    mask = torch.ones(items, tokens, dtype=torch.bool, device=device)
+    spacing = torch.tensor([list(cfg.data.spacing)] * items, device=device)
     z = torch.randn((batch, c, *latent), generator=g)
+    splits = cfg.sample.decode_splits if cfg.autoencoder.kind == "maisi" else None
 
     def autocast():
-        return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+        return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     with torch.no_grad():
         context, logits = ldm.adapter(text, mask, t)
@@ -78,35 +92,54 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
 
         def decode() -> None:
             with autocast():
-                vae.decode(z)
+                decode_latents(vae, z, batch_size=batch, device=device, num_splits=splits)
 
-        unet_s, decode_s = _best(unet, reps), _best(decode, reps)
-    row = {"preset": preset, "size": size, "batch": batch, "precision": precision, "steps": steps,
+        unet_s, decode_s = _best(unet, reps, device), _best(decode, reps, device)
+    row = {"preset": preset + "".join(f" {o}" for o in overrides), "size": size, "batch": batch, "device": device,
+           "precision": precision, "steps": steps,
            "unet_call_s": unet_s, "decode_s": decode_s,
            "generation_s_per_volume": (steps * unet_s + decode_s) / batch,
            "ldm_params_m": sum(p.numel() for p in ldm.parameters()) / 1e6,
            "vae_params_m": sum(p.numel() for p in vae.parameters()) / 1e6}
+    if device.startswith("cuda"):
+        row["gpu"] = torch.cuda.get_device_name(device)
+        row["generation_peak_gpu_gib"] = _gpu_peak(device)
     if train:
-        row.update(_train_steps(cfg, ldm, vae, shape, latent, reps))
+        row.update(_train_steps(cfg, ldm, vae, shape, latent, reps, device, train_batch))
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if device.startswith("cuda"):
+        row["peak_gpu_gib"] = max(v for k, v in row.items() if k.endswith("peak_gpu_gib"))
     return row
 
 
-def _train_steps(cfg, ldm, vae, shape, latent, reps: int) -> dict:
+def _gpu_peak(device: str) -> float | None:
+    """GiB of GPU memory allocated at the peak since the last call (None on a CPU); resets the peak."""
     import torch
 
-    from synthaug.ldm.autoencoder import autoencoder_loss
+    if not device.startswith("cuda"):
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return peak
+
+
+def _train_steps(cfg, ldm, vae, shape, latent, reps: int, device: str, b: int) -> dict:
+    import torch
+
+    from synthaug.ldm.autoencoder import autoencoder_loss, resolve_precision
     from synthaug.ldm.model import joint_loss
 
     g = torch.Generator().manual_seed(1)
-    b, c, tokens = 4, cfg.autoencoder.latent_channels, cfg.text.max_tokens
+    c, tokens = cfg.autoencoder.latent_channels, cfg.text.max_tokens
     ldm.train()
     opt = torch.optim.AdamW(ldm.parameters(), lr=1e-4, fused=True)
-    x = torch.randn((b, c, *latent), generator=g)
-    t = torch.randint(0, 1000, (b,), generator=g)
-    text, mask = torch.randn((b, tokens, 384), generator=g), torch.ones(b, tokens, dtype=torch.bool)
-    spacing = torch.tensor([list(cfg.data.spacing)] * b)
-    labels, isnull = torch.tensor([0, 1] * (b // 2)), torch.zeros(b, dtype=torch.bool)
+    x = torch.randn((b, c, *latent), generator=g).to(device)
+    t = torch.randint(0, 1000, (b,), generator=g).to(device)
+    text = torch.randn((b, tokens, 384), generator=g).to(device)
+    mask = torch.ones(b, tokens, dtype=torch.bool, device=device)
+    spacing = torch.tensor([list(cfg.data.spacing)] * b, device=device)
+    labels = (torch.arange(b) % 2).to(device)
+    isnull = torch.zeros(b, dtype=torch.bool, device=device)
 
     def ldm_step() -> None:
         pred, logits = ldm(x, t, text, mask, spacing)
@@ -115,29 +148,38 @@ def _train_steps(cfg, ldm, vae, shape, latent, reps: int) -> dict:
         loss.backward()
         opt.step()
 
-    out = {"ldm_step_s": _best(ldm_step, reps)}
+    out = {"train_batch": b, "ldm_step_s": _best(ldm_step, reps, device), "ldm_step_peak_gpu_gib": _gpu_peak(device)}
     vae.train()
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-4, fused=True)
+    dtype = resolve_precision("auto", device)  # the trainer's choice: bf16 on CPU, fp16 on CUDA
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     for name, box in (("vae_step_s", shape), ("vae_patch_step_s", cfg.autoencoder.patch_size)):
         if box is None:
             continue
-        volume = torch.rand((b, 1, *box), generator=g)
+        volume = torch.rand((b, 1, *box), generator=g).to(device)
 
         def vae_step(volume: torch.Tensor = volume) -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(torch.device(device).type, dtype=dtype):
                 z_mu, z_sigma = vae.encode(volume)
-                recon = vae.decode(z_mu + z_sigma * torch.randn(z_mu.shape, generator=g))
+                recon = vae.decode(z_mu + z_sigma * torch.randn_like(z_mu))
                 loss = autoencoder_loss(recon, volume, z_mu, z_sigma, cfg.autoencoder)[0]
             vae_opt.zero_grad()
-            loss.backward()
-            vae_opt.step()
+            if scaler is None:
+                loss.backward()
+                vae_opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(vae_opt)
+                scaler.update()
 
-        out[name] = _best(vae_step, max(1, reps - 1))
-    return out
+        out[name] = _best(vae_step, max(1, reps - 1), device)
+        out[name.removesuffix("_s") + "_peak_gpu_gib"] = _gpu_peak(device)
+    return {k: v for k, v in out.items() if v is not None}
 
 
-def _child(preset: str, size: str, batch: int, steps: int, reps: int, train: bool) -> dict:
-    call = json.dumps([preset, size, batch, steps, reps, train])
+def _child(preset: str, size: str, batch: int, steps: int, reps: int, train: bool, device: str,
+           train_batch: int, overrides: list[str]) -> dict:
+    call = json.dumps([preset, size, batch, steps, reps, train, device, train_batch, overrides])
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scaling; "
             f"print(json.dumps(bench_scaling.measure(*json.loads({call!r}))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -155,6 +197,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="generation batch of the size sweep (default 4)")
     parser.add_argument("--steps", type=int, default=30, help="sampler steps (default 30: flow's default)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--train-batch", type=int, default=4, help="batch of the training steps (default 4)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every row, e.g. autoencoder.patch_size=[128,128,64]")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_scaling.json")
     args = parser.parse_args()
 
@@ -164,14 +210,18 @@ def main() -> None:
 
     console = Console(width=max(Console().width, 150))
     load_before = os.getloadavg()[0]
-    rows = [_child(p, s, args.batch, args.steps, args.reps, True) for p in args.presets.split(",")
-            for s in args.sizes.split(",")]
-    rows += [_child(args.presets.split(",")[0], args.batch_size_at, int(b), args.steps, args.reps, False)
-             for b in args.batches.split(",") if int(b) != args.batch or args.batch_size_at not in args.sizes]
-    table = Table(title=f"cost vs size and batch: {os.cpu_count()} cores, load before {load_before:.2f}, flow "
-                        f"{args.steps} steps with class guidance (2 U-Net items per volume and step)")
+    common = (args.steps, args.reps)
+    rows = [_child(p, s, args.batch, *common, True, args.device, args.train_batch, args.set)
+            for p in args.presets.split(",") for s in args.sizes.split(",")]
+    rows += [_child(args.presets.split(",")[0], args.batch_size_at, int(b), *common, False, args.device,
+                    args.train_batch, args.set)
+             for b in args.batches.split(",") if b and (int(b) != args.batch or args.batch_size_at not in args.sizes)]
+    where = args.device if args.device == "cpu" else f"{args.device} ({rows[0].get('gpu', '?')})"
+    table = Table(title=f"cost vs size and batch on {where}: {os.cpu_count()} cores, load before {load_before:.2f}, "
+                        f"flow {args.steps} steps with class guidance (2 U-Net items per volume and step), "
+                        f"training batch {args.train_batch}")
     for col in ("preset", "size", "batch", "precision", "gen s/volume", "U-Net call s", "decode s", "LDM step s",
-                "VAE step s (whole)", "VAE step s (patch)", "peak RSS GiB"):
+                "VAE step s (whole)", "VAE step s (patch)", "peak RSS GiB", "peak GPU GiB"):
         table.add_column(col, justify="right")
 
     def cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
@@ -179,11 +229,11 @@ def main() -> None:
 
     for r in rows:
         if "error" in r:
-            table.add_row(r["preset"], r["size"], str(r["batch"]), "error: " + r["error"][:60], *["-"] * 7)
+            table.add_row(r["preset"], r["size"], str(r["batch"]), "error: " + r["error"][:60], *["-"] * 8)
             continue
         table.add_row(r["preset"], r["size"], str(r["batch"]), r["precision"], cell(r, "generation_s_per_volume"),
                       cell(r, "unet_call_s"), cell(r, "decode_s"), cell(r, "ldm_step_s"), cell(r, "vae_step_s"),
-                      cell(r, "vae_patch_step_s"), cell(r, "peak_rss_gib", "{:.2f}"))
+                      cell(r, "vae_patch_step_s"), cell(r, "peak_rss_gib", "{:.2f}"), cell(r, "peak_gpu_gib", "{:.2f}"))
     console.print(table)
     write_record(args.out, {"rows": rows}, args, load_before)
     console.print(f"wrote {args.out}")

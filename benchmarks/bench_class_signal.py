@@ -72,6 +72,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     parser.add_argument("--per-setting", type=int, default=40, help="generated volumes per sampler setting")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="generator config override (e.g. train.lr=1e-3); the work folder is named after them")
+    parser.add_argument("--autoencoder", type=Path,
+                        help="reuse this autoencoder (a bundle's autoencoder.safetensors trained on the same phantom, "
+                             "e.g. an earlier run's) and train the LDM only: compares LDM settings on one VAE")
     args = parser.parse_args()
 
     import dataclasses
@@ -118,7 +121,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     bundle = work / "bundle"
     if not (bundle / "fingerprint").is_file():
         stage("train generator", lambda: train_generator(manifest_path, bundle, cfg, work_dir=work / "bundle.work",
-                                                         overwrite=True))
+                                                         autoencoder=args.autoencoder, overwrite=True))
     manifest, judge_manifest = load_manifest(manifest_path), load_manifest(judge_path)
     judge_name = (f"tiny-cnn seed 0, {len(judge_manifest.split('train'))} cases of a separate phantom draw (seed 1), "
                   f"{args.judge_epochs if not args.quick else 3} epochs")
@@ -177,6 +180,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     out = RESULTS / f"bench_class_signal{'_quick' if args.quick else ''}_{args.budget}{tag}.json"
     out.write_text(json.dumps({
         "date": datetime.date.today().isoformat(), "budget": args.budget, "quick": args.quick, "overrides": args.set,
+        "autoencoder": str(args.autoencoder) if args.autoencoder else None,
         "plan": dataclasses.asdict(plan), "judge_cases": judge_cases, "per_setting": per_setting,
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_at_end": os.getloadavg()[0], "timings_s": timings,

@@ -60,8 +60,11 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
 
 
 def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, steps: int | None, eta: float | None,
-                    guidance: float) -> list[dict]:
-    """One synthetic volume per real training case from its own report and label; cached in ``out``."""
+                    guidance: float, round_: int = 0) -> list[dict]:
+    """One synthetic volume per real training case from its own report and label; cached in ``out``.
+
+    ``round_`` k > 0 makes every case's k-th twin: the same report and label with seeds k x len(real) on.
+    """
     from synthaug.apps.evaluate import paper_protocol_items
     from synthaug.generate import CCELLAGenerator
 
@@ -69,11 +72,25 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, ste
     if not provenance.is_file():
         generator = CCELLAGenerator.from_bundle(bundle, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
                                                 batch_size=8)
-        paper_protocol_items(generator, real, out)
+        paper_protocol_items(generator, real, out, seed_offset=round_ * len(real))
     rows = {r["case_id"]: r for r in map(json.loads, provenance.read_text().splitlines())}
     return [{"image": str(out / rows[c["case_id"]]["file"]), "label": c["label"],
-             "predicted_label": rows[c["case_id"]]["predicted_label"], "case_id": c["case_id"] + "_synthetic"}
-            for c in real]
+             "predicted_label": rows[c["case_id"]]["predicted_label"],
+             "case_id": c["case_id"] + "_synthetic" + (f"{round_}" if round_ else "")} for c in real]
+
+
+def filtered(twins: list[dict], manifest, data, crop, confidence: float) -> tuple[list[dict], dict]:
+    """The twins a filter classifier (tiny-cnn, ``synthaug.mix.filter``: trained on the real train split,
+    selected on val; never the evaluated classifier's seeds 0-4 with these weights) gives at least
+    ``confidence`` for the requested class, and the acceptance per class."""
+    from synthaug.mix.filter import VolumeFilter
+
+    vf = VolumeFilter.train(manifest, data, model="tiny-cnn", confidence=confidence, crop=crop)
+    p = vf.probabilities([t["image"] for t in twins], [t["label"] for t in twins])
+    kept = [t for t, q in zip(twins, p) if q >= confidence]
+    rate = {c: sum(q >= confidence for t, q in zip(twins, p) if t["label"] == c) /
+            max(1, sum(t["label"] == c for t in twins)) for c in (0, 1)}
+    return kept, {"kept": len(kept), "of": len(twins), "rate_by_class": rate, "filter": vf.describe()}
 
 
 def main() -> None:
@@ -102,6 +119,13 @@ def main() -> None:
                         help="bench: the class-signal benchmark's bench-budget generator (the demo's 48x48x32 "
                              "geometry, flow, VAE 1920 patch steps, LDM 6000 steps); overrides the step options")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator config override")
+    parser.add_argument("--twins", type=int, default=1,
+                        help="K > 1 adds the arm real + synthetic K:1 (K twins per case, new seeds)")
+    parser.add_argument("--filter-confidence", type=float,
+                        help="adds the arm real + filtered synthetic: of the K twins per case, those a filter "
+                             "classifier trained on the real train split gives at least this P(requested class)")
+    parser.add_argument("--only-new-arms", action="store_true",
+                        help="train real only and the --twins/--filter arms, not the paper's other three")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
     if args.budget == "bench":
@@ -138,6 +162,10 @@ def main() -> None:
     crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
     store = VolumeStore(load_bundle(bundle, verify=False).config.data, crop)
     predicted = [{**t, "label": t["predicted_label"]} for t in twins]
+    every_twin = twins + [t for k in range(1, args.twins) for t in synthetic_twins(
+        bundle, real, args.work / f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}-round{k}",
+        args.sampler, args.steps, args.eta, args.guidance, round_=k)]
+    filter_record = None
     pretrain_epochs = args.epochs // 2 if args.pretrain_epochs is None else args.pretrain_epochs
     if not 0 < pretrain_epochs < args.epochs:
         raise SystemExit(f"--pretrain-epochs {pretrain_epochs}: give 1 .. {args.epochs - 1}")
@@ -145,6 +173,16 @@ def main() -> None:
             "synthetic only (real labels)": [(twins, args.epochs)],
             "synthetic only (predicted labels)": [(predicted, args.epochs)],
             "pretrain synthetic, fine-tune real": [(twins, pretrain_epochs), (real, args.epochs - pretrain_epochs)]}
+    if args.only_new_arms:
+        arms = {"real only": arms["real only"]}
+    if args.twins > 1:
+        arms[f"real + synthetic {args.twins}:1"] = [(real + every_twin, args.epochs)]
+    if args.filter_confidence is not None:
+        kept, filter_record = filtered(every_twin, manifest, load_bundle(bundle, verify=False).config.data, crop,
+                                       args.filter_confidence)
+        console.print(f"filter kept {filter_record['kept']} of {filter_record['of']} twins "
+                      f"(class 0: {filter_record['rate_by_class'][0]:.0%}, class 1: {filter_record['rate_by_class'][1]:.0%})")
+        arms[f"real + filtered synthetic (>= {args.filter_confidence:g})"] = [(real + kept, args.epochs)]
     val, test = Dataset(manifest.items("val"), transform=store), Dataset(manifest.items("test"), transform=store)
     results: dict[str, list[dict]] = {}
     for arm, phases in arms.items():
@@ -171,7 +209,7 @@ def main() -> None:
         summary[arm] = {m: mean_ci([r[m] for r in rows]) for m in METRICS}
         cells = [f"{s['mean']:.3f} [{s['low']:.3f}, {s['high']:.3f}]" if s["low"] is not None else
                  (f"{s['mean']:.3f}" if s["mean"] is not None else "n/a") for s in summary[arm].values()]
-        paper = PAPER[arm]["accuracy"]
+        paper = PAPER.get(arm, {}).get("accuracy")
         table.add_row(arm, *cells, "-" if paper is None else f"{paper:.2f}")
     console.print(table)
     # paired over seeds against real only, Holm-corrected across the other arms
@@ -190,6 +228,7 @@ def main() -> None:
     out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
                                "paired_vs_real_only": gains,
                                "runs": results, "predicted_label_agreement": agree, "paper": PAPER_NOTE,
+                               "filter": filter_record,
                                "machine": platform.platform(), "cpus": os.cpu_count(),
                                "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,
                                "date": time.strftime("%Y-%m-%d")}, indent=2))

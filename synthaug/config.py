@@ -220,6 +220,10 @@ class DiffusionConfig(_Section):
     # eps: the noise (the reference); v: the DDPM velocity; flow: rectified flow (MAISI-v2), the model
     # predicts x0 - noise on the straight path x_t = (1 - t/T) x0 + (t/T) noise
     prediction: Literal["eps", "v", "flow"] = "eps"
+    # Which training timesteps t (of num_train_timesteps) the LDM sees: uniform (the reference), or
+    # logit-normal: t/T = sigmoid(n), n ~ N(0, 1), which trains the middle noise levels most (SD3's choice
+    # for rectified flow); drawn from the run's own seeded stream either way.
+    timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
 
 
 # The class guidance a model with a null class samples with by default: at the demo's budget its volumes then

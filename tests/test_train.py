@@ -296,3 +296,20 @@ def test_ema_warms_up_instead_of_keeping_the_initial_weights():
     for _ in range(2000):
         ema.update_parameters(model)
     assert float(ema.module.weight.detach().mean()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_timestep_sampling_uniform_is_the_old_draw_and_logit_normal_trains_the_middle_most():
+    from synthaug.config import DiffusionConfig
+    from synthaug.ldm.objective import training_timesteps
+
+    uniform = DiffusionConfig(prediction="flow")
+    drawn = training_timesteps(uniform, 4096, torch.Generator().manual_seed(3))
+    assert torch.equal(drawn, torch.randint(0, 1000, (4096,), generator=torch.Generator().manual_seed(3)))
+    middle = DiffusionConfig(prediction="flow", timestep_sampling="logit-normal")
+    t = training_timesteps(middle, 4096, torch.Generator().manual_seed(3))
+    assert torch.equal(t, training_timesteps(middle, 4096, torch.Generator().manual_seed(3)))  # seeded
+    assert int(t.min()) >= 0 and int(t.max()) <= 999 and t.dtype == torch.long
+    share = lambda v: float(((v >= 250) & (v < 750)).float().mean())  # noqa: E731
+    assert 0.45 < share(drawn) < 0.55 and 0.68 < share(t) < 0.76  # P(|n| < logit(0.75)) = 0.728
+    with pytest.raises(ValueError):
+        DiffusionConfig(timestep_sampling="cosine")

@@ -75,8 +75,10 @@ def train_classifier(train_items: list[dict], val_items: list[dict], data: DataC
     return predict
 
 
-def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Progress | None = None) -> list[dict]:
-    """One synthetic volume per real case, from its own report and label (seed = its index); NIfTI in ``out``."""
+def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Progress | None = None,
+                         seed_offset: int = 0) -> list[dict]:
+    """One synthetic volume per real case, from its own report and label (seed = ``seed_offset`` + its index);
+    NIfTI in ``out``. Another ``seed_offset`` (e.g. k x the number of cases) makes a k-th twin of every case."""
     from synthaug.generate import sequence_files, write_sequences
 
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def paper_protocol_items(generator, cases: list[dict], out: Path, progress: Prog
     for start in range(0, len(cases), generator.batch_size):
         part = cases[start:start + generator.batch_size]
         result = generator.generate([c["label"] for c in part], reports=[c["report"] for c in part],
-                                    seeds=list(range(start, start + len(part))))
+                                    seeds=list(range(seed_offset + start, seed_offset + start + len(part))))
         for case, volume, record in zip(part, result.volumes, result.provenance):
             names = sequence_files(f"{case['case_id']}_synthetic", ".nii.gz", modalities)  # a file per sequence
             written = write_sequences(volume, result.affine, {key: out / name for key, name in names.items()})

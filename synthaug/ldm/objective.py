@@ -1,6 +1,7 @@
 """The LDM's training objective: the noise schedule it trains with and the target it regresses.
 
     scheduler = training_scheduler(cfg.diffusion)
+    t = training_timesteps(cfg.diffusion, batch, generator)
     x_t, target = training_target(cfg.diffusion, scheduler, x0, noise, t)
 
 Training (``synthaug.ldm.train``) and sampling (``synthaug.ldm.samplers``, whose samplers take their
@@ -27,6 +28,21 @@ def training_scheduler(cfg: DiffusionConfig):  # a MONAI scheduler
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule,
                          beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False,
                          prediction_type="epsilon" if cfg.prediction == "eps" else "v_prediction")
+
+
+def training_timesteps(cfg: DiffusionConfig, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` training timesteps in [0, num_train_timesteps) from ``generator``, as ``cfg.timestep_sampling`` says.
+
+    MONAI's ``RFlowScheduler.sample_timesteps`` has the logit-normal draw too, but from the global RNG; the
+    trainer's stream is its own so that a resumed run repeats its draws.
+    """
+    import torch
+
+    steps = cfg.num_train_timesteps
+    if cfg.timestep_sampling == "logit-normal":
+        fraction = torch.sigmoid(torch.randn(n, generator=generator))
+        return (fraction * steps).long().clamp(0, steps - 1)
+    return torch.randint(0, steps, (n,), generator=generator)
 
 
 def training_target(cfg: DiffusionConfig, scheduler, x0: torch.Tensor, noise: torch.Tensor,

@@ -53,7 +53,7 @@ from synthaug.ldm.autoencoder import (
 )
 from synthaug.ldm.bundle import AUTOENCODER_FILE, read_bundle_info, save_bundle
 from synthaug.ldm.model import CCELLALDM, class_slot, joint_loss, text_dropout
-from synthaug.ldm.objective import training_scheduler, training_target
+from synthaug.ldm.objective import training_scheduler, training_target, training_timesteps
 from synthaug.progress import Progress
 
 
@@ -405,7 +405,7 @@ class LDMTrainer:
         idx = epoch_batch(self.step, len(self.latents), cfg.train.batch_size, cfg.train.seed, self._perms)
         x0 = self.latents[idx]  # (B, C, d, h, w)
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, cfg.diffusion.num_train_timesteps, (len(idx),), generator=g)
+        t = training_timesteps(cfg.diffusion, len(idx), g)
         x_t, target = training_target(cfg.diffusion, self.scheduler, x0, noise, t)
         text, mask, isnull = (self.text.features[idx].float(), self.text.mask[idx], self.text.isnull[idx])
         text, mask, isnull = text_dropout(text, mask, isnull, self.null.features[0], self.null.mask[0],

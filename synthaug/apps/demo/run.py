@@ -34,10 +34,12 @@ class DemoPlan:
 
     n_cases: int = 160
     image_shape: tuple[int, int, int] = (48, 48, 32)  # the phantom's 96 mm field of view at 2 x 2 x 3 mm
-    # On 32x32x16 patches (the tiny preset): 480 keep 0.84 of the judge's ceiling, 960 0.95 (bench_autoencoder);
-    # 720 and 640 LDM steps are what the 10-minute budget leaves (the demo took 12 min with 960 and 800).
-    autoencoder_steps: int = 720
-    ldm_steps: int = 640
+    # On 32x32x16 patches (the tiny preset): 480 keep 0.84 of the judge's ceiling, 960 0.95 (bench_autoencoder).
+    # The LDM's steps are what carries the class at this budget: 640 left its volumes at chance (fidelity 0.48,
+    # CAS 0.58), 1200 after a 600-step VAE reach 0.62 and 0.66 against 0.68 for real data
+    # (benchmarks/README.md, bench_class_signal.py), within the 10-minute demo.
+    autoencoder_steps: int = 600
+    ldm_steps: int = 1200
     synthetic: int = 64  # minimum cache size; the demo makes enough for its largest ratio (half per class)
     # Rectified flow, not the reference's eps: after minutes of CPU training an eps model predicts the noise
     # so poorly at the highest noise levels that its samples come out as saturated blobs, while a flow model's

@@ -226,8 +226,9 @@ class DiffusionConfig(_Section):
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
 
 
-# The class guidance a model with a null class samples with by default: at the demo's budget its volumes then
-# carry their class (judge AUROC 0.88 against the requested class, 0.54 at 1; benchmarks/bench_class_signal.py).
+# The class guidance a model with a null class samples with by default: the best setting of the class-signal
+# chain at the benchmark budget (judge AUROC 0.81 against the requested class, 0.54 at 1) and among the best at
+# the demo's (0.62 against 0.47; benchmarks/README.md, bench_class_signal.py).
 CLASS_GUIDANCE = 4.0
 
 

@@ -46,3 +46,20 @@ def test_bad_input(small_phantom, small_cache, tmp_path, capsys):
     assert_one_line_error(in_process(capsys, *base, "--paper-protocol"), "--bundle")
     assert_one_line_error(in_process(capsys, *base, "--synthetic", tmp_path), "no cache.json")
     assert_one_line_error(in_process(capsys, *base, "--synthetic", small_cache, "--split", "dev"), "unknown split")
+
+
+def test_a_seed_offset_makes_another_twin_of_every_case(small_phantom, small_bundle, tmp_path):
+    import nibabel as nib
+
+    from synthaug.apps.evaluate import paper_protocol_items
+    from synthaug.generate import CCELLAGenerator
+
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32", batch_size=2)
+    cases = [json.loads(line) for line in small_phantom.read_text().splitlines()][:3]
+    first = paper_protocol_items(generator, cases, tmp_path / "k0")
+    second = paper_protocol_items(generator, cases, tmp_path / "k1", seed_offset=len(cases))
+    seeds = [[json.loads(line)["seed"] for line in (tmp_path / k / "provenance.jsonl").read_text().splitlines()]
+             for k in ("k0", "k1")]
+    assert seeds == [[0, 1, 2], [3, 4, 5]]
+    assert [i["label"] for i in first] == [i["label"] for i in second] == [c["label"] for c in cases]
+    assert not (nib.load(first[0]["image"]).get_fdata() == nib.load(second[0]["image"]).get_fdata()).all()

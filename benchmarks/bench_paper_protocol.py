@@ -59,10 +59,10 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
     return manifest, bundle
 
 
-def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, steps: int | None, eta: float | None,
-                    guidance: float, round_: int = 0) -> list[dict]:
+def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, round_: int = 0) -> list[dict]:
     """One synthetic volume per real training case from its own report and label; cached in ``out``.
 
+    ``sampling``: the generator's options (sampler, steps, eta, guidance, class_guidance; None = the bundle's).
     ``round_`` k > 0 makes every case's k-th twin: the same report and label with seeds k x len(real) on.
     """
     from synthaug.apps.evaluate import paper_protocol_items
@@ -70,8 +70,7 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampler: str, ste
 
     provenance = out / "provenance.jsonl"
     if not provenance.is_file():
-        generator = CCELLAGenerator.from_bundle(bundle, sampler=sampler, steps=steps, eta=eta, guidance=guidance,
-                                                batch_size=8)
+        generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
         paper_protocol_items(generator, real, out, seed_offset=round_ * len(real))
     rows = {r["case_id"]: r for r in map(json.loads, provenance.read_text().splitlines())}
     return [{"image": str(out / rows[c["case_id"]]["file"]), "label": c["label"],
@@ -107,6 +106,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="default: the sampler's (20 for DDIM, 30 for flow)")
     parser.add_argument("--eta", type=float, help="DDIM noise (default: the bundle's, 1)")
     parser.add_argument("--guidance", type=float, default=1.0)
+    parser.add_argument("--class-guidance", type=float, help="default: the bundle's (4 with a null class)")
     parser.add_argument("--model", default="efficientnet-b0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
@@ -156,15 +156,17 @@ def main() -> None:
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
     assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"
-    twins = synthetic_twins(bundle, real, args.work / f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}", args.sampler, args.steps, args.eta,
-                             args.guidance)
+    sampling = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "guidance": args.guidance,
+                "class_guidance": args.class_guidance}
+    folder = f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}" + (
+        f"-cg{args.class_guidance:g}" if args.class_guidance is not None else "")
+    twins = synthetic_twins(bundle, real, args.work / folder, sampling)
     console.print(f"data + generator + {len(twins)} synthetic twins ready in {time.perf_counter() - started:.0f} s")
     crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
     store = VolumeStore(load_bundle(bundle, verify=False).config.data, crop)
     predicted = [{**t, "label": t["predicted_label"]} for t in twins]
     every_twin = twins + [t for k in range(1, args.twins) for t in synthetic_twins(
-        bundle, real, args.work / f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}-round{k}",
-        args.sampler, args.steps, args.eta, args.guidance, round_=k)]
+        bundle, real, args.work / f"{folder}-round{k}", sampling, round_=k)]
     filter_record = None
     pretrain_epochs = args.epochs // 2 if args.pretrain_epochs is None else args.pretrain_epochs
     if not 0 < pretrain_epochs < args.epochs:

@@ -126,7 +126,7 @@ def _gpu_peak(device: str) -> float | None:
 def _train_steps(cfg, ldm, vae, shape, latent, reps: int, device: str, b: int) -> dict:
     import torch
 
-    from synthaug.ldm.autoencoder import autoencoder_loss, resolve_precision
+    from synthaug.ldm.autoencoder import _AutoencoderRun
     from synthaug.ldm.model import joint_loss
 
     g = torch.Generator().manual_seed(1)
@@ -149,28 +149,16 @@ def _train_steps(cfg, ldm, vae, shape, latent, reps: int, device: str, b: int) -
         opt.step()
 
     out = {"train_batch": b, "ldm_step_s": _best(ldm_step, reps, device), "ldm_step_peak_gpu_gib": _gpu_peak(device)}
-    vae.train()
-    vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-4, fused=True)
-    dtype = resolve_precision("auto", device)  # the trainer's choice: bf16 on CPU, fp16 on CUDA
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    # the trainer's own step (synthaug.ldm.autoencoder): its autocast (bf16 on CPU, fp16 with loss scaling on
+    # CUDA), posterior noise, loss and fused AdamW
+    run = _AutoencoderRun(vae, b, cfg.autoencoder, device=device, precision="auto", seed=1)
     for name, box in (("vae_step_s", shape), ("vae_patch_step_s", cfg.autoencoder.patch_size)):
         if box is None:
             continue
         volume = torch.rand((b, 1, *box), generator=g).to(device)
 
         def vae_step(volume: torch.Tensor = volume) -> None:
-            with torch.autocast(torch.device(device).type, dtype=dtype):
-                z_mu, z_sigma = vae.encode(volume)
-                recon = vae.decode(z_mu + z_sigma * torch.randn_like(z_mu))
-                loss = autoencoder_loss(recon, volume, z_mu, z_sigma, cfg.autoencoder)[0]
-            vae_opt.zero_grad()
-            if scaler is None:
-                loss.backward()
-                vae_opt.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(vae_opt)
-                scaler.update()
+            run.train_step(volume, 0)
 
         out[name] = _best(vae_step, max(1, reps - 1), device)
         out[name.removesuffix("_s") + "_peak_gpu_gib"] = _gpu_peak(device)

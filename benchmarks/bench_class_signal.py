@@ -10,7 +10,8 @@ trains the VAE and LDM longer). The judge is a tiny-cnn trained on the train spl
 data, never is the adapter, never a filter. The chain is scored on the generator phantom's test split:
 ceiling (judge on real test volumes), autoencoder (judge on their VAE round trip), adapter (class head on
 val + test reports), fidelity (judge on generated volumes against the requested class) for class from the
-report or the label x text guidance 1, 2, 4 and class guidance 2, 4, and CAS (tiny-cnn, another seed,
+report or the label x text guidance 1, 2, 4 and class guidance 2, 4, 8 (guided on the default interval, the
+noisier half of the chain), and CAS (tiny-cnn, another seed,
 trained on N synthetic volumes of the default setting only vs on N real cases). Prints the table, names the
 first link that loses the class and writes benchmarks/results/bench_class_signal.json.
 """
@@ -35,7 +36,7 @@ def settings_grid(quick: bool) -> list[dict]:
     grid = [{"class_source": s, "guidance": g, "class_guidance": 1.0} for s in ("report", "label")
             for g in ((1.0, 2.0) if quick else (1.0, 2.0, 4.0))]
     grid += [{"class_source": s, "guidance": 1.0, "class_guidance": c} for s in ("report", "label")
-             for c in ((2.0,) if quick else (2.0, 4.0))]
+             for c in ((2.0,) if quick else (2.0, 4.0, 8.0))]
     return grid
 
 

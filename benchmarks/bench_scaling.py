@@ -1,14 +1,16 @@
 """Cost vs image size and batch on this CPU, so that users can predict a preset's cost before they run it:
-generation seconds per volume (the U-Net evaluations of the default flow sampler with class guidance, plus
-decoding), LDM and VAE training step times, and each measurement's peak memory.
+generation seconds per volume (the U-Net evaluations of the default flow sampler with class guidance on its
+guidance interval, plus decoding), LDM and VAE training step times, and each measurement's peak memory.
 
     python benchmarks/bench_scaling.py                      # sizes 32^3 .. 128x128x64, tiny networks (~10 min)
     python benchmarks/bench_scaling.py --sizes 64x64x32 --presets tiny,small
     python benchmarks/bench_scaling.py --device cuda --presets paper --sizes 256x256x128 --train-batch 1
 
 The networks are freshly initialised (speed does not depend on the weights). Generation per volume is
-measured, not modelled, for its two parts: ``steps x`` one guided U-Net call on a batch (``2 x batch`` items:
-the request and its null-class branch) divided by the batch, plus one decoder pass per volume; both in
+measured, not modelled, for its parts: one guided U-Net call on a batch (``2 x batch`` items: the request and
+its null-class branch) per guided step, one plain call (``batch`` items) per other step (the default flow steps
+and guidance interval, or ``--steps`` with that interval), divided by the batch, plus the decoder pass in the
+generator's chunks (``synthaug.generate.DECODE_BATCH``); all in
 the generator's default precision on the device (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32);
 a MAISI autoencoder decodes with the preset's split convolutions. Training steps are batch ``--train-batch``
 (default 4) with the trainer's settings: LDM fp32 with fused AdamW, VAE under the trainer's autocast (bf16
@@ -56,9 +58,10 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     import torch
 
     from synthaug.config import load_config
-    from synthaug.generate import generation_precision
+    from synthaug.generate import DECODE_BATCH, generation_precision
     from synthaug.ldm.autoencoder import build_autoencoder, decode_latents, downsample_factor, resolve_precision
     from synthaug.ldm.model import CCELLALDM, null_class
+    from synthaug.ldm.sampling import build_sampler, guided_steps
 
     shape = [int(v) for v in size.split("x")]
     cfg = load_config(preset=preset, overrides=[f"data.image_shape={shape}", *overrides])
@@ -82,23 +85,26 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     def autocast():
         return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
+    sampler = build_sampler("flow", cfg.diffusion.model_copy(update={"prediction": "flow"}), steps)
+    guided = sum(guided_steps(sampler.timesteps, cfg.diffusion.num_train_timesteps, cfg.sample.guidance_interval))
     with torch.no_grad():
         context, logits = ldm.adapter(text, mask, t)
         probs = torch.cat([logits.softmax(-1)[:batch], null_class(batch, logits)])
 
-        def unet() -> None:
+        def unet(n: int = items) -> None:
             with autocast():
-                ldm.unet(x, t, context, probs, spacing)
+                ldm.unet(x[:n], t[:n], context[:n], probs[:n], spacing[:n])
 
         def decode() -> None:
             with autocast():
-                decode_latents(vae, z, batch_size=batch, device=device, num_splits=splits)
+                decode_latents(vae, z, batch_size=min(batch, DECODE_BATCH), device=device, num_splits=splits)
 
         unet_s, decode_s = _best(unet, reps, device), _best(decode, reps, device)
+        plain_s = _best(lambda: unet(batch), reps, device)
     row = {"preset": preset + "".join(f" {o}" for o in overrides), "size": size, "batch": batch, "device": device,
-           "precision": precision, "steps": steps,
-           "unet_call_s": unet_s, "decode_s": decode_s,
-           "generation_s_per_volume": (steps * unet_s + decode_s) / batch,
+           "precision": precision, "steps": sampler.steps, "guided_steps": guided,
+           "unet_call_s": unet_s, "unet_plain_call_s": plain_s, "decode_s": decode_s,
+           "generation_s_per_volume": (guided * unet_s + (sampler.steps - guided) * plain_s + decode_s) / batch,
            "ldm_params_m": sum(p.numel() for p in ldm.parameters()) / 1e6,
            "vae_params_m": sum(p.numel() for p in vae.parameters()) / 1e6}
     if device.startswith("cuda"):
@@ -183,7 +189,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,16,32", help="generation batches at --batch-size-at")
     parser.add_argument("--batch-size-at", default="64x64x32", help="the size the batch sweep runs at")
     parser.add_argument("--batch", type=int, default=4, help="generation batch of the size sweep (default 4)")
-    parser.add_argument("--steps", type=int, default=30, help="sampler steps (default 30: flow's default)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: flow's default)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--train-batch", type=int, default=4, help="batch of the training steps (default 4)")
@@ -205,10 +211,13 @@ def main() -> None:
                     args.train_batch, args.set)
              for b in args.batches.split(",") if b and (int(b) != args.batch or args.batch_size_at not in args.sizes)]
     where = args.device if args.device == "cpu" else f"{args.device} ({rows[0].get('gpu', '?')})"
+    chain = next((r for r in rows if "steps" in r), {})
     table = Table(title=f"cost vs size and batch on {where}: {os.cpu_count()} cores, load before {load_before:.2f}, "
-                        f"flow {args.steps} steps with class guidance (2 U-Net items per volume and step), "
+                        f"flow {chain.get('steps')} steps, {chain.get('guided_steps')} of them with class guidance (2 "
+                        "U-Net items per volume), "
                         f"training batch {args.train_batch}")
-    for col in ("preset", "size", "batch", "precision", "gen s/volume", "U-Net call s", "decode s", "LDM step s",
+    for col in ("preset", "size", "batch", "precision", "gen s/volume", "U-Net call s (guided)", "U-Net call s (plain)",
+                "decode s", "LDM step s",
                 "VAE step s (whole)", "VAE step s (patch)", "peak RSS GiB", "peak GPU GiB"):
         table.add_column(col, justify="right")
 
@@ -217,10 +226,10 @@ def main() -> None:
 
     for r in rows:
         if "error" in r:
-            table.add_row(r["preset"], r["size"], str(r["batch"]), "error: " + r["error"][:60], *["-"] * 8)
+            table.add_row(r["preset"], r["size"], str(r["batch"]), "error: " + r["error"][:60], *["-"] * 9)
             continue
         table.add_row(r["preset"], r["size"], str(r["batch"]), r["precision"], cell(r, "generation_s_per_volume"),
-                      cell(r, "unet_call_s"), cell(r, "decode_s"), cell(r, "ldm_step_s"), cell(r, "vae_step_s"),
+                      cell(r, "unet_call_s"), cell(r, "unet_plain_call_s"), cell(r, "decode_s"), cell(r, "ldm_step_s"), cell(r, "vae_step_s"),
                       cell(r, "vae_patch_step_s"), cell(r, "peak_rss_gib", "{:.2f}"), cell(r, "peak_gpu_gib", "{:.2f}"))
     console.print(table)
     write_record(args.out, {"rows": rows}, args, load_before)

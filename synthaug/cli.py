@@ -72,8 +72,8 @@ def _quiet_libraries(optuna: bool = False) -> None:
         optuna_module.logging.set_verbosity(optuna_module.logging.WARNING)
 
 
-GENERATOR_OPTIONS = ("device", "sampler", "steps", "eta", "guidance", "class_guidance", "class_source",
-                     "report_source", "batch_size", "precision", "trust_remote_code")
+GENERATOR_OPTIONS = ("device", "sampler", "steps", "eta", "guidance", "class_guidance", "guidance_interval",
+                     "class_source", "report_source", "batch_size", "precision", "trust_remote_code")
 
 
 def _generator_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +166,8 @@ def _sampler_line(g: dict[str, Any]) -> str:
     """The sampler settings of a generator or cache, as one line."""
     return (f"{g['sampler']} x {g['steps']}" + (f", eta {g.get('eta', 0):g}" if g["sampler"] == "ddim" else "")
             + f", guidance {g['guidance']}, class guidance {g['class_guidance']}"
+            + (f" on t/T in [{g['guidance_interval'][0]:g}, {g['guidance_interval'][1]:g}]"
+               if g.get("guidance_interval", [0, 1]) != [0, 1] else "")
             + f", class from {g['class_source']}, {g['precision']}")
 
 
@@ -374,8 +376,11 @@ def _add_sampler_options(p: argparse.ArgumentParser, note: str = "") -> None:
     p.add_argument("--steps", type=T.count(1), help=f"sampling steps (default: the sampler's){note}")
     p.add_argument("--guidance", type=T.finite(0), help=f"classifier-free text guidance scale (default 1 = unguided){note}")
     p.add_argument("--class-guidance", type=T.finite(0),
-                   help="class guidance scale: the class against the null class (default: 4 for a bundle trained "
+                   help="class guidance scale: the class against the null class (default: 12 for a bundle trained "
                         f"with loss.p_null > 0, else 1 = none){note}")
+    p.add_argument("--guidance-interval", type=T.interval, metavar="LOW:HIGH",
+                   help="guide only the steps whose t/T (1 = pure noise) lies in [LOW, HIGH]; the others make one "
+                        f"plain pass (default: the bundle's, 0.5:1; 0:1 guides every step){note}")
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:

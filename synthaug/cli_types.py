@@ -108,13 +108,23 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def ratio_range(text: str) -> tuple[float, float]:
-    """``MIN:MAX`` of a log-uniform ratio search (the range itself is checked by ``SweepSettings.check``)."""
+def _number_pair(text: str, what: str, form: str) -> tuple[float, float]:
+    """Two numbers written ``A:B``; anything else is one usage line naming ``what`` and its ``form``."""
     low, _, high = text.partition(":")
     try:
         return float(low), float(high)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"ratio range {text!r} is not MIN:MAX, e.g. 0.1:4") from None
+        raise argparse.ArgumentTypeError(f"{what} {text!r} is not {form}") from None
+
+
+def ratio_range(text: str) -> tuple[float, float]:
+    """``MIN:MAX`` of a log-uniform ratio search (the range itself is checked by ``SweepSettings.check``)."""
+    return _number_pair(text, "ratio range", "MIN:MAX, e.g. 0.1:4")
+
+
+def interval(text: str) -> tuple[float, float]:
+    """``LOW:HIGH`` of ``--guidance-interval`` (the bounds themselves are checked by ``SampleConfig``)."""
+    return _number_pair(text, "interval", "LOW:HIGH, e.g. 0.5:1")
 
 
 def sampler(text: str) -> str:

@@ -68,6 +68,13 @@ def generation_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+# Volumes the VAE decodes at once. The U-Net runs fastest on the whole generation batch, the decoder, whose
+# full-resolution activations outgrow the CPU's caches, on smaller pieces: in bf16 on 2 cores the tiny VAE
+# decodes a 48x48x32 volume in 38 ms in chunks of 8 and in 55 ms in one batch of 32 (benchmarks/README.md,
+# bench_scaling.py).
+DECODE_BATCH = 8
+
+
 def _seed_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
@@ -77,18 +84,19 @@ class CCELLAGenerator:
 
     def __init__(self, bundle: Bundle, *, device: str | torch.device = "cpu", sampler: str | None = None,
                  steps: int | None = None, eta: float | None = None, guidance: float | None = None,
-                 class_guidance: float | None = None, ema: bool = True, class_source: str | None = None,
-                 report_source: str | None = None, batch_size: int | None = None, precision: str | None = None,
-                 text_encoder=None) -> None:
+                 class_guidance: float | None = None, guidance_interval: Sequence[float] | None = None,
+                 ema: bool = True, class_source: str | None = None, report_source: str | None = None,
+                 batch_size: int | None = None, precision: str | None = None, text_encoder=None) -> None:
         settings = bundle.config.sample.with_options(
             sampler=sampler, steps=steps, eta=eta, guidance=guidance, class_guidance=class_guidance,
-            class_source=class_source, report_source=report_source, batch_size=batch_size, precision=precision)
+            guidance_interval=guidance_interval, class_source=class_source, report_source=report_source, batch_size=batch_size, precision=precision)
         self.bundle = bundle
         self.device = torch.device(device)
         self.precision = generation_precision(settings.precision, self.device)
         self.guidance = float(settings.guidance)
         self.class_guidance = float(settings.class_guidance if settings.class_guidance is not None
                                     else CLASS_GUIDANCE if bundle.config.loss.p_null > 0 else 1.0)
+        self.guidance_interval = (float(settings.guidance_interval[0]), float(settings.guidance_interval[1]))
         self.class_source = settings.class_source
         self.report_source = settings.report_source
         self.batch_size = int(settings.batch_size)
@@ -135,7 +143,8 @@ class CCELLAGenerator:
     def settings(self) -> dict[str, Any]:
         """The settings that determine the output (stored in caches and provenance)."""
         return {"sampler": self.sampler.name, "steps": self.sampler.steps, "eta": getattr(self.sampler, "eta", 0.0),
-                "guidance": self.guidance, "class_guidance": self.class_guidance, "class_source": self.class_source,
+                "guidance": self.guidance, "class_guidance": self.class_guidance,
+                "guidance_interval": list(self.guidance_interval), "class_source": self.class_source,
                 "ema": self.ema, "precision": self.precision}
 
     # ------------------------------------------------------------ text
@@ -256,9 +265,11 @@ class CCELLAGenerator:
         # The networks run under autocast; the chain (noise, sampler steps, latents) stays float32.
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             latents = sample_latents(self.ldm, self.sampler, noise, cond, guidance=self.guidance,
-                                     class_guidance=self.class_guidance, generators=generators, progress=progress)
+                                     class_guidance=self.class_guidance, guidance_interval=self.guidance_interval,
+                                     generators=generators, progress=progress)
             probs = predicted_class_probs(self.ldm, cond)[:, 1].float().cpu().tolist()
-            decoded = decode_latents(self.autoencoder, latents / self.bundle.scale_factor, batch_size=len(labels),
+            decoded = decode_latents(self.autoencoder, latents / self.bundle.scale_factor,
+                                     batch_size=min(len(labels), DECODE_BATCH),
                                      device=self.device,
                                      num_splits=self.bundle.config.sample.decode_splits
                                      if self.bundle.config.autoencoder.kind == "maisi" else None)

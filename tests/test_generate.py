@@ -16,7 +16,7 @@ from synthaug.errors import InputError
 from synthaug.generate import CCELLAGenerator
 from synthaug.ldm.bundle import CONFIG_FILE, LDM_EMA_FILE, load_bundle
 from synthaug.ldm.model import null_class
-from synthaug.ldm.sampling import guided_prediction
+from synthaug.ldm.sampling import guided_prediction, guided_steps
 from tests.test_cli import assert_one_line_error, synthaug
 
 REPORT = "IMPRESSION: PI-RADS 4 lesion in the left peripheral zone."
@@ -162,20 +162,37 @@ def test_the_generator_passes_both_guidance_scales_to_every_sampler_step(small_b
 
     monkeypatch.setattr(sampling, "guided_prediction", spy)
     guided = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=3, guidance=2.5, class_guidance=3.0,
-                                         batch_size=1)
+                                         guidance_interval=(0.0, 1.0), batch_size=1)
     out = guided.generate([0, 1], seeds=[1, 2])
     assert seen == [(2.5, 3.0)] * 6  # 3 steps for each of the 2 batches
     assert [(p["guidance"], p["class_guidance"]) for p in out.provenance] == [(2.5, 3.0)] * 2
+    # a guidance interval guides the steps whose t/T lies in it (DDIM x 4, trailing: t = 999, 749, 499, 249)
+    seen.clear()
+    part = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=4, guidance=2.5, class_guidance=3.0,
+                                       guidance_interval=(0.4, 0.8))
+    assert part.sampler.timesteps == [999, 749, 499, 249]
+    out = part.generate([1], seeds=[1])
+    assert seen == [(1.0, 1.0), (2.5, 3.0), (2.5, 3.0), (1.0, 1.0)]
+    assert out.provenance[0]["guidance_interval"] == [0.4, 0.8]
+    assert guided_steps([1000, 500, 499, 0], 1000, (0.5, 1.0)) == [True, True, False, False]  # ends included
 
 
-def test_class_guidance_defaults_to_4_with_a_null_class_and_1_without(small_bundle):
+def test_the_default_guidance_interval_is_the_noisier_half(small_bundle):
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1)
+    assert generator.guidance_interval == (0.5, 1.0) and generator.settings()["guidance_interval"] == [0.5, 1.0]
+    for interval in ((0.5, 0.5), (0.8, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.0, float("nan"))):
+        with pytest.raises(InputError, match="sample.guidance_interval"):
+            CCELLAGenerator.from_bundle(small_bundle, guidance_interval=interval)
+
+
+def test_class_guidance_defaults_to_12_with_a_null_class_and_1_without(small_bundle):
     from dataclasses import replace
 
     from synthaug.config import CLASS_GUIDANCE
 
     bundle = load_bundle(small_bundle)
-    assert bundle.config.sample.class_guidance is None and CLASS_GUIDANCE == 4.0
-    assert CCELLAGenerator(bundle, sampler="ddim", steps=1).class_guidance == 4.0
+    assert bundle.config.sample.class_guidance is None and CLASS_GUIDANCE == 12.0
+    assert CCELLAGenerator(bundle, sampler="ddim", steps=1).class_guidance == 12.0
     loss = bundle.config.loss.model_copy(update={"p_null": 0.0})
     no_null = replace(bundle, config=bundle.config.model_copy(update={"loss": loss}))
     assert CCELLAGenerator(no_null, sampler="ddim", steps=1).class_guidance == 1.0
@@ -282,7 +299,8 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
 
     for args, match in ((["--label", "3"], "--label"), (["--steps", "0"], "steps"), (["--guidance", "-1"], "guidance"),
                         (["--class-guidance", "-1"], "--class-guidance"), (["--class-guidance", "nan"], "--class-guidance"),
-                        (["--sampler", "flow"], "cannot sample")):
+                        (["--sampler", "flow"], "cannot sample"), (["--guidance-interval", "0.8:0.2"], "guidance_interval"),
+                        (["--guidance-interval", "half"], "--guidance-interval")):
         done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", *args)
         assert_one_line_error(done, match)
         assert not (tmp_path / "bad").exists()
@@ -291,7 +309,11 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
                       "--steps", "1", "--class-guidance", "2")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "cg" / "provenance.jsonl").read_text())["class_guidance"] == 2.0
-    assert "class guidance 2.0" in " ".join(done.stdout.split())
+    shown = " ".join(done.stdout.split())
+    assert "class guidance 2.0 on t/T in" in shown and "[0.5, 1]" in shown  # the default interval
+    done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "gi", "--n", "1",
+                      "--steps", "1", "--guidance-interval", "0:1")
+    assert json.loads((tmp_path / "gi" / "provenance.jsonl").read_text())["guidance_interval"] == [0.0, 1.0]
     done = in_process(capsys, "generate", "--bundle", tmp_path / "nope", "--out", tmp_path / "o2")
     assert_one_line_error(done, "bundle folder not found")
     assert not (tmp_path / "o2").exists()

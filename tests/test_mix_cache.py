@@ -186,15 +186,18 @@ def test_class_guidance_is_a_cache_setting_shown_by_cache_info(small_bundle, sma
     old = tmp_path / "old"
     shutil.copytree(small_cache, old)
     meta = json.loads((old / CACHE_FILE).read_text())
-    del meta["generator"]["class_guidance"], meta["generator"]["precision"]
+    del meta["generator"]["class_guidance"], meta["generator"]["precision"], meta["generator"]["guidance_interval"]
     (old / CACHE_FILE).write_text(json.dumps(meta))
-    made_then = {"sampler": "ddim", "steps": 2, "class_guidance": 1.0, "precision": "fp32"}
+    made_then = {"sampler": "ddim", "steps": 2, "class_guidance": 1.0, "precision": "fp32", "guidance_interval": (0, 1)}
     SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, **made_then))
-    with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):  # today's default: 4
-        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32"))
+    with pytest.raises(InputError, match=r"other generator settings \(class_guidance\)"):  # today's default: 12
+        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, **{**made_then, "class_guidance": None}))
     # ... and in fp32, before the precision setting existed
     with pytest.raises(InputError, match=r"other generator settings \(precision\)"):
         SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, **{**made_then, "precision": "bf16"}))
+    # ... and with guidance on every step, before the guidance interval existed (today's default: the noisier half)
+    with pytest.raises(InputError, match=r"other generator settings \(guidance_interval\)"):
+        SyntheticCache.create(old, CCELLAGenerator.from_bundle(small_bundle, **{**made_then, "guidance_interval": None}))
 
 
 def test_a_torn_last_line_is_skipped_and_cut_by_the_next_writer(small_cache, generator, tmp_path):

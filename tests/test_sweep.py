@@ -71,7 +71,7 @@ def test_two_caches_and_two_models_cover_the_grid_once_on_their_own_items(small_
     guided = tmp_path / "guided"
     shutil.copytree(small_cache, guided)
     meta = json.loads((guided / "cache.json").read_text())
-    meta["generator"]["class_guidance"] += 1.0  # a second source that differs in one setting (4 -> 5)
+    meta["generator"]["class_guidance"] += 1.0  # a second source that differs in one setting (12 -> 13)
     (guided / "cache.json").write_text(json.dumps(meta))
     out = tmp_path / "grid"
     args = ["sweep", "--data", small_phantom, "--synthetic", f"{small_cache},{guided}", "--out", out,

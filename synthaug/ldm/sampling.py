@@ -37,7 +37,7 @@ from synthaug.ldm.samplers import (
 
 __all__ = [
     "DEFAULT_STEPS", "SAMPLERS", "Conditioning", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "FlowSampler",
-    "Sampler", "build_sampler", "check_guidance", "default_steps", "guided_prediction", "label_probs",
+    "Sampler", "build_sampler", "check_guidance", "default_steps", "guided_prediction", "guided_steps", "label_probs",
     "predicted_class_probs", "register_sampler", "resolve_sampler", "sample_latents", "sampler_class",
     "sampler_names", "training_scheduler", "training_target",
 ]
@@ -128,20 +128,33 @@ def predicted_class_probs(ldm, cond: Conditioning) -> torch.Tensor:
     return ldm.adapter(cond.text, cond.mask, t)[1].softmax(dim=-1)
 
 
+def guided_steps(timesteps: Sequence[int], num_train_timesteps: int,
+                 interval: tuple[float, float] = (0.0, 1.0)) -> list[bool]:
+    """Which steps of a chain are guided: those whose ``t / T`` lies in ``interval`` = [low, high], ends included.
+
+    Guidance in a limited interval of noise levels (Kynkaanniemi et al. 2024): ``(0, 1)`` guides every step.
+    """
+    low, high = interval
+    return [low <= t / num_train_timesteps <= high for t in timesteps]
+
+
 @torch.no_grad()
 def sample_latents(ldm, sampler: Sampler, noise: torch.Tensor, cond: Conditioning, *,
                    guidance: float = 1.0, class_guidance: float = 1.0,
+                   guidance_interval: tuple[float, float] = (0.0, 1.0),
                    generators: Sequence[torch.Generator] | None = None, progress=None) -> torch.Tensor:
     """Run the reverse chain from ``noise`` (B, C, x, y, z) to clean (scaled) latents of the same shape.
 
-    ``guidance`` / ``class_guidance`` as in ``guided_prediction``; ``generators`` (one per sample) feed the
-    stochastic samplers' noise; ``progress(done, total)`` is called after every step.
+    ``guidance`` / ``class_guidance`` as in ``guided_prediction``, on the steps that ``guided_steps`` picks
+    from ``guidance_interval`` (the others make one plain conditional pass); ``generators`` (one per sample)
+    feed the stochastic samplers' noise; ``progress(done, total)`` is called after every step.
     """
     sampler.set_timesteps(sampler.steps)  # fresh state (DPM-Solver++ keeps a history)
+    guided = guided_steps(sampler.timesteps, sampler.cfg.num_train_timesteps, guidance_interval)
     x = noise
-    for i, t in enumerate(sampler.timesteps, start=1):
+    for i, (t, guide) in enumerate(zip(sampler.timesteps, guided), start=1):
         ts = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        out = guided_prediction(ldm, x, ts, cond, guidance, class_guidance)
+        out = guided_prediction(ldm, x, ts, cond, guidance if guide else 1.0, class_guidance if guide else 1.0)
         x = sampler.step(out.float(), t, x, generators)
         if progress is not None:
             progress(i, sampler.steps)

@@ -123,8 +123,10 @@ class SyntheticCache:
         if self.meta["file_format"] not in FILE_FORMATS:
             raise InputError(f"file_format {self.meta['file_format']!r} is not one of {', '.join(FILE_FORMATS)}",
                              where=str(file), fix="restore it or make the cache again")
-        # caches made before class guidance were made without it, and before the precision setting in float32
-        self.meta["generator"] = {"class_guidance": 1.0, "precision": "fp32", **self.meta["generator"]}
+        # caches made before class guidance were made without it, before the precision setting in float32 and
+        # before the guidance interval with guidance on every step
+        self.meta["generator"] = {"class_guidance": 1.0, "precision": "fp32", "guidance_interval": [0.0, 1.0],
+                                  **self.meta["generator"]}
         self._rows: dict[str, dict[str, Any]] = {}
         self._read_size = -1
         self._problems: dict[int, str] = {}  # manifest line number -> what is wrong with it (last parse)

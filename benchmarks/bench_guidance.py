@@ -1,0 +1,164 @@
+"""Where on the chain to guide, how hard, how many steps: class fidelity, distance and CAS against U-Net passes.
+
+    python benchmarks/bench_guidance.py --work WORK [--n 96] [--rows 30/4/0:1,8/8/0.5:1,...]
+
+WORK is a `bench_class_signal.py` work folder (its `bundle`, the generator's `phantom` and the separate
+`judge_phantom` draw). For each row, flow steps / class guidance / guidance interval (`sample.guidance_interval`,
+the t/T range where guidance applies; other steps make one plain pass), the script generates the same `--n`
+requests (half per class, class from the report, the same seeds and reports for every row) and measures:
+
+- U-Net passes per volume (counted at the U-Net) and volumes/s (decoding included; the generator's batch);
+- fidelity: the judge (tiny-cnn seed 0 on the judge draw's train split, as in `bench_class_signal.py`) on the
+  generated volumes against the requested class, AUROC and balanced accuracy with bootstrap CIs;
+- FID and KID to the generator phantom's held-out (val + test) volumes in the judge's features (a distance that
+  sees the anatomy the judge learnt; train vs held-out is the floor);
+- CAS (with `--cas`): a tiny-cnn (seed 1) trained on the row's volumes only, AUROC on the judge draw's test
+  split, beside the same classifier trained on as many real training cases.
+
+Prints the table and writes benchmarks/results/bench_guidance.json. One heavy process: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+# the previous default (flow 30 steps, class guidance 4 on every step) first, then fewer steps and the interval
+ROWS = "30/4/0:1,8/4/0:1,8/4/0.5:1,8/4/0:0.5,8/8/0.5:1,8/12/0.5:1,8/16/0.5:1,8/20/0.5:1"
+
+
+def parse_rows(text: str) -> list[dict]:
+    rows = []
+    for part in text.split(","):
+        steps, guidance, interval = part.split("/")
+        low, high = interval.split(":")
+        rows.append({"steps": int(steps), "class_guidance": float(guidance),
+                     "guidance_interval": (float(low), float(high))})
+    return rows
+
+
+def describe(row: dict) -> str:
+    low, high = row["guidance_interval"]
+    return f"{row['steps']} steps, class guidance {row['class_guidance']:g} on t/T in [{low:g}, {high:g}]"
+
+
+def main() -> None:  # noqa: PLR0915 - one straight script
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="a bench_class_signal.py work folder")
+    parser.add_argument("--n", type=int, default=96, help="volumes per row, half per class")
+    parser.add_argument("--rows", default=ROWS, help="steps/class-guidance/LOW:HIGH, comma-separated")
+    parser.add_argument("--judge-epochs", type=int, default=20)
+    parser.add_argument("--cas", action="store_true", help="also train a classifier on each row's volumes (CAS)")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name")
+    args = parser.parse_args()
+
+    import tempfile
+
+    import torch
+
+    from synthaug.apps.demo.run import DemoPlan
+    from synthaug.apps.evaluate import train_classifier
+    from synthaug.data.manifest import load_manifest
+    from synthaug.data.volume_store import VolumeStore
+    from synthaug.generate import CCELLAGenerator, write_volume
+    from synthaug.markdown import markdown_table
+    from synthaug.metrics.class_signal import score_link
+    from synthaug.metrics.features import ClassifierFeatures
+    from synthaug.metrics.quality import fid, kid
+
+    started = time.perf_counter()
+    rows = parse_rows(args.rows)
+    plan = DemoPlan()
+    bundle = args.work / "bundle"
+    data = CCELLAGenerator.from_bundle(bundle).bundle.config.data
+    manifest = load_manifest(args.work / "phantom" / "manifest.jsonl")
+    judge_manifest = load_manifest(args.work / "judge_phantom" / "manifest.jsonl")
+    load = VolumeStore(data)
+
+    def volumes(items: list[dict]) -> torch.Tensor:
+        return torch.stack([load(item)["image"] for item in items])
+
+    judge_name = (f"tiny-cnn seed 0, {len(judge_manifest.split('train'))} cases of a separate phantom draw, "
+                  f"{args.judge_epochs} epochs")
+    print(f"training the judge ({judge_name})", flush=True)
+    judge = train_classifier(judge_manifest.items("train"), judge_manifest.items("val"), data, "tiny-cnn",
+                             args.judge_epochs, 0, plan.crop)
+    features = ClassifierFeatures(judge.net, name="judge features", crop=plan.crop)
+    held_out = features.extract(volumes(manifest.items("val") + manifest.items("test")))
+    train_real = sorted(manifest.items("train"), key=lambda c: c["case_id"])
+    floor = fid(held_out, features.extract(volumes(train_real[:args.n])))
+    cas_test = judge_manifest.items("test")
+    cas_x, cas_y = volumes(cas_test), [c["label"] for c in cas_test]
+    real_n = train_real[:args.n]
+    cas_real = None
+    if args.cas:
+        predict = train_classifier(real_n, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1, plan.crop)
+        cas_real = score_link("cas-real", f"real N={len(real_n)}", "tiny-cnn seed 1", cas_y, predict(cas_x))
+
+    labels = [i % 2 for i in range(args.n)]
+    results = []
+    for row in rows:
+        generator = CCELLAGenerator.from_bundle(bundle, **row)
+        reports = [generator.choose_report(label, seed) for seed, label in enumerate(labels)]
+        warm = min(8, args.n)
+        generator.generate(labels[:warm], reports=reports[:warm], seeds=range(warm))  # warm-up: not timed
+        passes = torch.zeros((), dtype=torch.long)
+
+        def count(module, inputs, output, total=passes) -> None:  # returns None: the output stays as it is
+            total += len(output)
+
+        hook = generator.ldm.unet.register_forward_hook(count)
+        t0 = time.perf_counter()
+        out = generator.generate(labels, reports=reports, seeds=range(args.n))
+        seconds = time.perf_counter() - t0
+        hook.remove()
+        with tempfile.TemporaryDirectory() as tmp:
+            items = [{"image": str(write_volume(v, out.affine, Path(tmp) / f"v{i:04d}.nii.gz")), "label": label}
+                     for i, (v, label) in enumerate(zip(out.volumes, labels))]
+            synthetic = volumes(items)
+            fidelity = score_link("fidelity", describe(row), judge_name, labels, judge(synthetic))
+            synthetic_features = features.extract(synthetic)
+            result = {**row, "setting": describe(row), "unet_passes_per_volume": int(passes) / args.n,
+                      "volumes_per_s": args.n / seconds, "fidelity": fidelity.to_dict(),
+                      "fid_judge_features": fid(held_out, synthetic_features),
+                      "kid_judge_features": kid(held_out, synthetic_features)["mean"]}
+            if args.cas:
+                predict = train_classifier(items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1,
+                                           plan.crop)
+                result["cas"] = score_link("cas", f"synthetic N={args.n}", "tiny-cnn seed 1", cas_y,
+                                           predict(cas_x)).to_dict()
+        results.append(result)
+        print(f"{describe(row)}: {result['unet_passes_per_volume']:.0f} passes, {result['volumes_per_s']:.2f} vol/s, "
+              f"fidelity {fidelity.auroc['estimate']:.3f}, FID {result['fid_judge_features']:.2f}"
+              + (f", CAS {result['cas']['auroc']['estimate']:.3f}" if args.cas else ""), flush=True)
+
+    def ci(score: dict) -> str:
+        return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
+
+    header = ["steps", "class guidance", "guided t/T", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
+              "fidelity balanced acc.", "FID (judge features)", "KID"] + (["CAS AUROC"] if args.cas else [])
+    table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]),
+              f"{r['unet_passes_per_volume']:.0f}", f"{r['volumes_per_s']:.2f}", ci(r["fidelity"]["auroc"]),
+              ci(r["fidelity"]["balanced_accuracy"]), f"{r['fid_judge_features']:.2f}", f"{r['kid_judge_features']:.4f}",
+              *([ci(r["cas"]["auroc"])] if args.cas else [])] for r in results]
+    print("\n".join(markdown_table(header, table)))
+    print(f"FID floor (real train vs held-out, judge features): {floor:.2f}"
+          + (f"; CAS of {len(real_n)} real cases: {ci(cas_real.auroc)}" if cas_real else ""))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out_file = RESULTS / f"bench_guidance{args.tag}.json"
+    out_file.write_text(json.dumps({
+        "date": datetime.date.today().isoformat(), "work": str(args.work), "n": args.n, "judge": judge_name,
+        "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "load_at_end": os.getloadavg()[0], "total_s": round(time.perf_counter() - started, 1),
+        "fid_floor": floor, "cas_real": cas_real.to_dict() if cas_real else None, "rows": results}, indent=2) + "\n")
+    print(f"wrote {out_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -92,6 +92,23 @@ def test_the_fast_path_agrees_with_fp32_within_the_stated_tolerance(small_bundle
         CCELLAGenerator.from_bundle(small_bundle, precision="fp16")
 
 
+def test_bf16_runs_channels_last_and_fp32_keeps_its_bits_on_a_shared_bundle(small_bundle):
+    bundle = load_bundle(small_bundle)
+    options = {"sampler": "ddim", "steps": 2, "eta": 0.0}
+    reference = CCELLAGenerator.from_bundle(small_bundle, precision="fp32", **options).generate([1], seeds=[5]).volumes
+
+    def weights(module):
+        return [p for p in module.parameters() if p.dim() == 5]
+
+    fast = CCELLAGenerator(bundle, precision="bf16", **options)
+    fast.generate([1], seeds=[5])
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+               for p in weights(fast.ldm) + weights(fast.autoencoder) if p.shape[1] > 1 and p.shape[-1] > 1)
+    exact = CCELLAGenerator(bundle, precision="fp32", **options)  # the same modules, now channels-last
+    assert torch.equal(exact.generate([1], seeds=[5]).volumes, reference)
+    assert all(p.is_contiguous() for p in weights(exact.ldm) + weights(exact.autoencoder))
+
+
 def test_deterministic_ddim_repeats_exactly(generator):
     a = generator.generate([1], reports=[REPORT], seeds=[3])
     b = generator.generate([1], reports=[REPORT], seeds=[3])

@@ -53,12 +53,12 @@ def _best(fn, reps: int, device: str = "cpu") -> float:
 
 
 def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bool, device: str = "cpu",
-            train_batch: int = 4, overrides: tuple[str, ...] = ()) -> dict:
+            train_batch: int = 4, overrides: tuple[str, ...] = (), layout: str = "auto") -> dict:
     """Runs in a child process: one (preset, size, batch) configuration on ``device``."""
     import torch
 
     from synthaug.config import load_config
-    from synthaug.generate import DECODE_BATCH, generation_precision
+    from synthaug.generate import DECODE_BATCH, generation_layout, generation_precision
     from synthaug.ldm.autoencoder import build_autoencoder, decode_latents, downsample_factor, resolve_precision
     from synthaug.ldm.model import CCELLALDM, null_class
     from synthaug.ldm.sampling import build_sampler, guided_steps
@@ -73,6 +73,9 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     tokens = cfg.text.max_tokens
     precision = generation_precision("auto", torch.device(device))
     dtype = resolve_precision(precision, device)
+    memory_format = generation_layout(torch.device(device), precision) if layout == "auto" else torch.contiguous_format
+    ldm.to(memory_format=memory_format)
+    vae.to(memory_format=memory_format)
     items = 2 * batch  # the request and its null-class branch (class guidance)
     x = torch.randn((items, c, *latent), generator=g).to(device)
     t = torch.randint(0, 1000, (items,), generator=g).to(device)
@@ -102,7 +105,8 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
         unet_s, decode_s = _best(unet, reps, device), _best(decode, reps, device)
         plain_s = _best(lambda: unet(batch), reps, device)
     row = {"preset": preset + "".join(f" {o}" for o in overrides), "size": size, "batch": batch, "device": device,
-           "precision": precision, "steps": sampler.steps, "guided_steps": guided,
+           "precision": precision, "layout": str(memory_format).removeprefix("torch."), "steps": sampler.steps,
+           "guided_steps": guided,
            "unet_call_s": unet_s, "unet_plain_call_s": plain_s, "decode_s": decode_s,
            "generation_s_per_volume": (guided * unet_s + (sampler.steps - guided) * plain_s + decode_s) / batch,
            "ldm_params_m": sum(p.numel() for p in ldm.parameters()) / 1e6,
@@ -110,7 +114,9 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
     if device.startswith("cuda"):
         row["gpu"] = torch.cuda.get_device_name(device)
         row["generation_peak_gpu_gib"] = _gpu_peak(device)
-    if train:
+    if train:  # training runs in the trainer's (default) layout
+        ldm.to(memory_format=torch.contiguous_format)
+        vae.to(memory_format=torch.contiguous_format)
         row.update(_train_steps(cfg, ldm, vae, shape, latent, reps, device, train_batch))
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if device.startswith("cuda"):
@@ -172,8 +178,8 @@ def _train_steps(cfg, ldm, vae, shape, latent, reps: int, device: str, b: int) -
 
 
 def _child(preset: str, size: str, batch: int, steps: int, reps: int, train: bool, device: str,
-           train_batch: int, overrides: list[str]) -> dict:
-    call = json.dumps([preset, size, batch, steps, reps, train, device, train_batch, overrides])
+           train_batch: int, overrides: list[str], layout: str) -> dict:
+    call = json.dumps([preset, size, batch, steps, reps, train, device, train_batch, overrides, layout])
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scaling; "
             f"print(json.dumps(bench_scaling.measure(*json.loads({call!r}))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -195,6 +201,9 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=4, help="batch of the training steps (default 4)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every row, e.g. autoencoder.patch_size=[128,128,64]")
+    parser.add_argument("--layout", choices=["auto", "contiguous"], default="auto",
+                        help="auto: the generator's weight layout (channels-last 3D in bf16 on a CPU); contiguous: the "
+                             "default layout, to measure what channels-last gains")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_scaling.json")
     args = parser.parse_args()
 
@@ -205,10 +214,10 @@ def main() -> None:
     console = Console(width=max(Console().width, 150))
     load_before = os.getloadavg()[0]
     common = (args.steps, args.reps)
-    rows = [_child(p, s, args.batch, *common, True, args.device, args.train_batch, args.set)
+    rows = [_child(p, s, args.batch, *common, True, args.device, args.train_batch, args.set, args.layout)
             for p in args.presets.split(",") for s in args.sizes.split(",")]
     rows += [_child(args.presets.split(",")[0], args.batch_size_at, int(b), *common, False, args.device,
-                    args.train_batch, args.set)
+                    args.train_batch, args.set, args.layout)
              for b in args.batches.split(",") if b and (int(b) != args.batch or args.batch_size_at not in args.sizes)]
     where = args.device if args.device == "cpu" else f"{args.device} ({rows[0].get('gpu', '?')})"
     chain = next((r for r in rows if "steps" in r), {})

@@ -68,6 +68,13 @@ def generation_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def generation_layout(device: torch.device, precision: str) -> torch.memory_format:
+    """The 5D weights' layout while generating: channels-last 3D in bf16 on a CPU, where oneDNN's bf16
+    convolutions run faster in it (benchmarks/README.md, bench_scaling.py); the default layout otherwise, so
+    fp32 volumes stay bitwise those of earlier versions."""
+    return torch.channels_last_3d if device.type == "cpu" and precision == "bf16" else torch.contiguous_format
+
+
 # Volumes the VAE decodes at once. The U-Net runs fastest on the whole generation batch, the decoder, whose
 # full-resolution activations outgrow the CPU's caches, on smaller pieces: in bf16 on 2 cores the tiny VAE
 # decodes a 48x48x32 volume in 38 ms in chunks of 8 and in 55 ms in one batch of 32 (benchmarks/README.md,
@@ -257,12 +264,9 @@ class CCELLAGenerator:
                          spacing=self.spacing, provenance=provenance)
 
     def _layout(self) -> None:
-        """The networks' weight layout for this generator's precision, set before every batch (a bundle's modules
-        may be shared by generators of other precisions): channels-last 3D in bf16 on a CPU, where oneDNN's bf16
-        convolutions run faster in it (benchmarks/README.md, bench_scaling.py: U-Net 1.1x, VAE decoder 1.4x);
-        the default layout otherwise, so fp32 volumes stay bitwise those of earlier versions."""
-        fast = self.device.type == "cpu" and self.precision == "bf16"
-        layout = torch.channels_last_3d if fast else torch.contiguous_format
+        """Set the networks' weight layout (``generation_layout``) before every batch: a bundle's modules may be
+        shared by generators of other precisions."""
+        layout = generation_layout(self.device, self.precision)
         self.ldm.to(memory_format=layout)
         self.autoencoder.to(memory_format=layout)
 

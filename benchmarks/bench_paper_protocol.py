@@ -69,10 +69,15 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
     from synthaug.generate import CCELLAGenerator
 
     provenance = out / "provenance.jsonl"
+    generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
     if not provenance.is_file():
-        generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
         paper_protocol_items(generator, real, out, seed_offset=round_ * len(real))
     rows = {r["case_id"]: r for r in map(json.loads, provenance.read_text().splitlines())}
+    made = {k: next(iter(rows.values())).get(k) for k in generator.settings()}
+    if made != generator.settings():  # e.g. twins made with an earlier version's sampling defaults
+        changed = sorted(k for k in made if made[k] != generator.settings()[k])
+        raise SystemExit(f"{out}: twins made with other generator settings ({', '.join(changed)}); "
+                         "remove the folder or use another --work")
     return [{"image": str(out / rows[c["case_id"]]["file"]), "label": c["label"],
              "predicted_label": rows[c["case_id"]]["predicted_label"],
              "case_id": c["case_id"] + "_synthetic" + (f"{round_}" if round_ else "")} for c in real]
@@ -103,10 +108,10 @@ def main() -> None:
     parser.add_argument("--prediction", default="eps", choices=("eps", "v", "flow"),
                         help="the generator's training objective (eps: the reference)")
     parser.add_argument("--sampler", default="auto", help="auto: the bundle's default (DDIM eta 1 for eps, flow for flow)")
-    parser.add_argument("--steps", type=int, help="default: the sampler's (20 for DDIM, 30 for flow)")
+    parser.add_argument("--steps", type=int, help="default: the sampler's (20 for DDIM, 8 for flow)")
     parser.add_argument("--eta", type=float, help="DDIM noise (default: the bundle's, 1)")
     parser.add_argument("--guidance", type=float, default=1.0)
-    parser.add_argument("--class-guidance", type=float, help="default: the bundle's (4 with a null class)")
+    parser.add_argument("--class-guidance", type=float, help="default: the bundle's (12 with a null class)")
     parser.add_argument("--model", default="efficientnet-b0")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)

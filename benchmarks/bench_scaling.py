@@ -10,7 +10,7 @@ The networks are freshly initialised (speed does not depend on the weights). Gen
 measured, not modelled, for its parts: one guided U-Net call on a batch (``2 x batch`` items: the request and
 its null-class branch) per guided step, one plain call (``batch`` items) per other step (the default flow steps
 and guidance interval, or ``--steps`` with that interval), divided by the batch, plus the decoder pass in the
-generator's chunks (``synthaug.generate.DECODE_BATCH``); all in
+generator's chunks (``synthaug.generate.DECODE_BATCH``, or ``--decode-batch``); all in
 the generator's default precision on the device (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32);
 a MAISI autoencoder decodes with the preset's split convolutions. Training steps are batch ``--train-batch``
 (default 4) with the trainer's settings: LDM fp32 with fused AdamW, VAE under the trainer's autocast (bf16
@@ -53,7 +53,8 @@ def _best(fn, reps: int, device: str = "cpu") -> float:
 
 
 def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bool, device: str = "cpu",
-            train_batch: int = 4, overrides: tuple[str, ...] = (), layout: str = "auto") -> dict:
+            train_batch: int = 4, overrides: tuple[str, ...] = (), layout: str = "auto",
+            decode_batch: int | None = None) -> dict:
     """Runs in a child process: one (preset, size, batch) configuration on ``device``."""
     import torch
 
@@ -100,13 +101,14 @@ def measure(preset: str, size: str, batch: int, steps: int, reps: int, train: bo
 
         def decode() -> None:
             with autocast():
-                decode_latents(vae, z, batch_size=min(batch, DECODE_BATCH), device=device, num_splits=splits)
+                decode_latents(vae, z, batch_size=min(batch, decode_batch or DECODE_BATCH), device=device,
+                               num_splits=splits)
 
         unet_s, decode_s = _best(unet, reps, device), _best(decode, reps, device)
         plain_s = _best(lambda: unet(batch), reps, device)
     row = {"preset": preset + "".join(f" {o}" for o in overrides), "size": size, "batch": batch, "device": device,
            "precision": precision, "layout": str(memory_format).removeprefix("torch."), "steps": sampler.steps,
-           "guided_steps": guided,
+           "guided_steps": guided, "decode_batch": min(batch, decode_batch or DECODE_BATCH),
            "unet_call_s": unet_s, "unet_plain_call_s": plain_s, "decode_s": decode_s,
            "generation_s_per_volume": (guided * unet_s + (sampler.steps - guided) * plain_s + decode_s) / batch,
            "ldm_params_m": sum(p.numel() for p in ldm.parameters()) / 1e6,
@@ -178,8 +180,8 @@ def _train_steps(cfg, ldm, vae, shape, latent, reps: int, device: str, b: int) -
 
 
 def _child(preset: str, size: str, batch: int, steps: int, reps: int, train: bool, device: str,
-           train_batch: int, overrides: list[str], layout: str) -> dict:
-    call = json.dumps([preset, size, batch, steps, reps, train, device, train_batch, overrides, layout])
+           train_batch: int, overrides: list[str], layout: str, decode_batch: int | None) -> dict:
+    call = json.dumps([preset, size, batch, steps, reps, train, device, train_batch, overrides, layout, decode_batch])
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_scaling; "
             f"print(json.dumps(bench_scaling.measure(*json.loads({call!r}))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--layout", choices=["auto", "contiguous"], default="auto",
                         help="auto: the generator's weight layout (channels-last 3D in bf16 on a CPU); contiguous: the "
                              "default layout, to measure what channels-last gains")
+    parser.add_argument("--decode-batch", type=int, help="volumes decoded at once (default: the generator's chunk)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_scaling.json")
     args = parser.parse_args()
 
@@ -214,10 +217,10 @@ def main() -> None:
     console = Console(width=max(Console().width, 150))
     load_before = os.getloadavg()[0]
     common = (args.steps, args.reps)
-    rows = [_child(p, s, args.batch, *common, True, args.device, args.train_batch, args.set, args.layout)
+    rows = [_child(p, s, args.batch, *common, True, args.device, args.train_batch, args.set, args.layout, args.decode_batch)
             for p in args.presets.split(",") for s in args.sizes.split(",")]
     rows += [_child(args.presets.split(",")[0], args.batch_size_at, int(b), *common, False, args.device,
-                    args.train_batch, args.set, args.layout)
+                    args.train_batch, args.set, args.layout, args.decode_batch)
              for b in args.batches.split(",") if b and (int(b) != args.batch or args.batch_size_at not in args.sizes)]
     where = args.device if args.device == "cpu" else f"{args.device} ({rows[0].get('gpu', '?')})"
     chain = next((r for r in rows if "steps" in r), {})

@@ -76,9 +76,9 @@ def generation_layout(device: torch.device, precision: str) -> torch.memory_form
 
 
 # Volumes the VAE decodes at once. The U-Net runs fastest on the whole generation batch, the decoder, whose
-# full-resolution activations outgrow the CPU's caches, on smaller pieces: in bf16 on 2 cores the tiny VAE
-# decodes a 48x48x32 volume in 38 ms in chunks of 8 and in 55 ms in one batch of 32 (benchmarks/README.md,
-# bench_scaling.py).
+# full-resolution activations outgrow the CPU's caches, on smaller pieces: in bf16 (channels-last) on 2 cores
+# the tiny VAE decodes 32 volumes of 48x48x32 in 1.11-1.30 s in chunks of 8 and in 1.31-1.32 s at once, with
+# a smaller peak of activations (benchmarks/README.md, bench_scaling.py --decode-batch).
 DECODE_BATCH = 8
 
 

@@ -67,6 +67,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     from synthaug.data.manifest import load_manifest
     from synthaug.data.volume_store import VolumeStore
     from synthaug.generate import CCELLAGenerator, write_volume
+    from synthaug.ldm.bundle import load_bundle
     from synthaug.markdown import markdown_table
     from synthaug.metrics.class_signal import score_link
     from synthaug.metrics.features import ClassifierFeatures
@@ -75,8 +76,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     started = time.perf_counter()
     rows = parse_rows(args.rows)
     plan = DemoPlan()
-    bundle = args.work / "bundle"
-    data = CCELLAGenerator.from_bundle(bundle).bundle.config.data
+    bundle = load_bundle(args.work / "bundle")  # loaded and verified once; every row's generator shares it
+    data = bundle.config.data
     manifest = load_manifest(args.work / "phantom" / "manifest.jsonl")
     judge_manifest = load_manifest(args.work / "judge_phantom" / "manifest.jsonl")
     load = VolumeStore(data)
@@ -91,11 +92,10 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                              args.judge_epochs, 0, plan.crop)
     features = ClassifierFeatures(judge.net, name="judge features", crop=plan.crop)
     held_out = features.extract(volumes(manifest.items("val") + manifest.items("test")))
-    train_real = sorted(manifest.items("train"), key=lambda c: c["case_id"])
-    floor = fid(held_out, features.extract(volumes(train_real[:args.n])))
+    real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:args.n]
+    floor = fid(held_out, features.extract(volumes(real_n)))
     cas_test = judge_manifest.items("test")
     cas_x, cas_y = volumes(cas_test), [c["label"] for c in cas_test]
-    real_n = train_real[:args.n]
     cas_real = None
     if args.cas:
         predict = train_classifier(real_n, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1, plan.crop)
@@ -104,7 +104,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     labels = [i % 2 for i in range(args.n)]
     results = []
     for row in rows:
-        generator = CCELLAGenerator.from_bundle(bundle, **row)
+        generator = CCELLAGenerator(bundle, **row)
         reports = [generator.choose_report(label, seed) for seed, label in enumerate(labels)]
         warm = min(8, args.n)
         generator.generate(labels[:warm], reports=reports[:warm], seeds=range(warm))  # warm-up: not timed

@@ -118,9 +118,24 @@ class _Items(Dataset):
                                   f"{sorted(item) if isinstance(item, dict) else type(item).__name__}")
         image = item[key] if torch.is_tensor(item[key]) else torch.as_tensor(np.asarray(item[key]))
         if self.transform is not None:
-            image = self.transform({"image": image})["image"]
+            with _untracked_meta():
+                image = self.transform({"image": image})["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image
         return image.float(), torch.as_tensor(int(item[label_key]), dtype=torch.long)
+
+
+@contextlib.contextmanager
+def _untracked_meta():
+    """MONAI transforms on plain tensors: the same values (bitwise, tested) at half the cost, since the
+    classifier needs no MetaTensor affine or history. MONAI's switch is global: restored on exit."""
+    from monai.data import get_track_meta, set_track_meta
+
+    before = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(before)
 
 
 def augmentation(config: FitConfig, spatial_shape: tuple[int, ...]) -> Compose:

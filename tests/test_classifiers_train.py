@@ -115,6 +115,31 @@ def test_fit_works_with_metatensors_arrays_and_set_epoch(phantom):
     assert len(result.history) == 3 and set(train.epochs) == {0, 1, 2}
 
 
+def test_augmentation_runs_untracked_with_the_values_of_the_tracked_path():
+    from monai.data import get_track_meta
+
+    from classifiers.train import _Items, augmentation
+
+    config, shape = FitConfig(seed=0), (16, 16, 8)
+    images = [torch.rand(1, *shape, generator=torch.Generator().manual_seed(i)) for i in range(12)]
+    transform, seen = augmentation(config, shape), []
+    transform.set_random_state(seed=0)
+
+    def spy(item: dict) -> dict:
+        seen.append(get_track_meta())
+        return transform(item)
+
+    items = _Items([{"image": MetaTensor(x), "label": i % 2} for i, x in enumerate(images)], config, spy)
+    fast = [items[i][0] for i in range(len(images))]
+    assert seen == [False] * len(images) and get_track_meta()  # untracked inside, MONAI's switch restored after
+    reference = augmentation(config, shape)
+    reference.set_random_state(seed=0)
+    tracked = [reference({"image": MetaTensor(x)})["image"] for x in images]
+    assert all(isinstance(t, MetaTensor) for t in tracked)
+    assert sum(not torch.equal(t.as_tensor(), x) for t, x in zip(tracked, images)) >= 6  # most were augmented
+    assert all(torch.equal(a, b.as_tensor()) for a, b in zip(fast, tracked))
+
+
 def test_samples_per_epoch_fixes_the_steps_whatever_the_dataset_size(phantom):
     class Counting(_EpochAware):
         def __getitem__(self, i: int) -> dict:

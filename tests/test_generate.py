@@ -69,6 +69,31 @@ def test_same_seed_same_volume_whatever_the_batch(small_bundle):
         assert not close(a.volumes[0], a.volumes[2])
 
 
+def test_new_reports_are_encoded_in_one_call_and_cached(small_bundle, monkeypatch):
+    generator = CCELLAGenerator.from_bundle(small_bundle, precision="bf16")
+    encoder = generator.text_encoder
+    encode, calls = encoder.encode, []
+    monkeypatch.setattr(encoder, "encode", lambda texts: calls.append(list(texts)) or encode(texts))
+    reports = [REPORT, "No focal lesion.", REPORT, "Diffuse low signal, PI-RADS 2."]
+    batched = generator._encoded(reports)
+    assert calls == [[REPORT, "No focal lesion.", "Diffuse low signal, PI-RADS 2."]]  # once, each report once
+    generator._encoded(reports[1:])
+    assert len(calls) == 1  # then from the cache
+    width = generator.bundle.info["text"]["max_tokens"]
+    for report, (features, mask) in zip(reports, batched):
+        alone, alone_mask = encode([report])
+        t = alone.shape[1]
+        assert features.shape == (width, alone.shape[2]) and torch.equal(mask[:t], alone_mask[0])
+        assert not mask[t:].any() and not features[t:].any()
+        torch.testing.assert_close(features[:t], alone[0], rtol=0, atol=1e-5 * float(alone.abs().max()))
+    exact = CCELLAGenerator.from_bundle(small_bundle, precision="fp32")  # each report alone: bitwise as before
+    monkeypatch.setattr(exact, "_encoder", encoder)
+    calls.clear()
+    for (features, _), (alone, _) in zip(exact._encoded(reports), (encode([r]) for r in reports)):
+        assert torch.equal(features[:alone.shape[1]], alone[0])
+    assert calls == [[REPORT], ["No focal lesion."], ["Diffuse low signal, PI-RADS 2."]]
+
+
 def test_the_fast_path_agrees_with_fp32_within_the_stated_tolerance(small_bundle, monkeypatch):
     from synthaug import generate
 

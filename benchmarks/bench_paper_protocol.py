@@ -50,10 +50,13 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
     if (bundle / "fingerprint").is_file():
         from synthaug.ldm.bundle import read_bundle_info
 
-        made_with = read_bundle_info(bundle, verify=False)[0]["config"]["diffusion"]["prediction"]
-        if made_with != prediction:
-            raise SystemExit(f"{bundle} was trained with prediction {made_with!r}, not {prediction!r}: "
-                             "pass another --work folder")
+        made = read_bundle_info(bundle, verify=False)[0]["config"]
+        asked = cfg.model_dump(mode="json")
+        changed = [f"{a}.{b} {made[a][b]!r}, not {asked[a][b]!r}" for a, b in
+                   (("diffusion", "prediction"), ("train", "steps"), ("train", "lr"), ("autoencoder", "steps"))
+                   if made[a][b] != asked[a][b]]
+        if changed:
+            raise SystemExit(f"{bundle} was trained with {'; '.join(changed)}: pass another --work folder")
     else:
         train_generator(manifest, bundle, cfg, work_dir=work / "bundle.work", overwrite=True)
     return manifest, bundle
@@ -108,7 +111,7 @@ def main() -> None:
     parser.add_argument("--prediction", default="eps", choices=("eps", "v", "flow"),
                         help="the generator's training objective (eps: the reference)")
     parser.add_argument("--sampler", default="auto", help="auto: the bundle's default (DDIM eta 1 for eps, flow for flow)")
-    parser.add_argument("--steps", type=int, help="default: the sampler's (20 for DDIM, 8 for flow)")
+    parser.add_argument("--steps", type=int, help="default: the sampler's (20 for DDIM, 6 for flow)")
     parser.add_argument("--eta", type=float, help="DDIM noise (default: the bundle's, 1)")
     parser.add_argument("--guidance", type=float, default=1.0)
     parser.add_argument("--class-guidance", type=float, help="default: the bundle's (12 with a null class)")
@@ -122,7 +125,8 @@ def main() -> None:
     parser.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels")
     parser.add_argument("--budget", choices=("bench",),
                         help="bench: the class-signal benchmark's bench-budget generator (the demo's 48x48x32 "
-                             "geometry, flow, VAE 1920 patch steps, LDM 6000 steps); overrides the step options")
+                             "geometry, flow, bench_class_signal.BUDGETS: VAE 1920 patch steps, LDM 4500 steps at "
+                             "lr 2e-4); overrides the step options")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator config override")
     parser.add_argument("--twins", type=int, default=1,
                         help="K > 1 adds the arm real + synthetic K:1 (K twins per case, new seeds)")
@@ -134,11 +138,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
     if args.budget == "bench":
+        from bench_class_signal import BUDGETS
+
         from synthaug.apps.demo.run import DemoPlan
 
-        plan = DemoPlan()
-        args.vae_steps, args.ldm_steps, args.prediction = 1920, 6000, "flow"
-        args.set = [f"data.image_shape={list(plan.image_shape)}", *plan.extra_train, *args.set]
+        plan, budget = DemoPlan(), BUDGETS["bench"]
+        args.vae_steps, args.ldm_steps, args.prediction = budget["autoencoder_steps"], budget["ldm_steps"], "flow"
+        args.set = [f"data.image_shape={list(plan.image_shape)}", *plan.extra_train, f"train.lr={budget['ldm_lr']}",
+                    *args.set]
 
     import torch
     from monai.data import Dataset

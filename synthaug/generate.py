@@ -177,7 +177,8 @@ class CCELLAGenerator:
         """
         new = [r for r in dict.fromkeys(reports) if r not in self._text_cache]
         width = int(self.bundle.info["text"]["max_tokens"])
-        for group in ([[r] for r in new] if self.precision == "fp32" else [new] if new else []):
+        groups = [[r] for r in new] if self.precision == "fp32" else [new] if new else []
+        for group in groups:
             features, mask = self.text_encoder.encode(group)  # (N, T, D), (N, T)
             pad = max(width, features.shape[1]) - features.shape[1]
             features, mask = F.pad(features, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)

@@ -125,8 +125,8 @@ def main() -> None:
     parser.add_argument("--crop", help="X,Y,Z: the classifier sees a centred box of this many voxels")
     parser.add_argument("--budget", choices=("bench",),
                         help="bench: the class-signal benchmark's bench-budget generator (the demo's 48x48x32 "
-                             "geometry, flow, bench_class_signal.BUDGETS: VAE 1920 patch steps, LDM 4500 steps at "
-                             "lr 2e-4); overrides the step options")
+                             "geometry, flow, bench_class_signal.BUDGETS: VAE 1920 patch steps, LDM 6000 steps at "
+                             "lr 1e-4); overrides the step options")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator config override")
     parser.add_argument("--twins", type=int, default=1,
                         help="K > 1 adds the arm real + synthetic K:1 (K twins per case, new seeds)")

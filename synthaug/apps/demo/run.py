@@ -36,9 +36,9 @@ class DemoPlan:
     image_shape: tuple[int, int, int] = (48, 48, 32)  # the phantom's 96 mm field of view at 2 x 2 x 3 mm
     # On 32x32x16 patches (the tiny preset): 480 keep 0.84 of the judge's ceiling, 960 0.95 (bench_autoencoder).
     # The LDM carries the class at this budget: 640 steps at lr 1e-4 left its volumes at chance (fidelity 0.48);
-    # 900 at lr 2e-4 match 1200 at 1e-4 by both the demo's judge and the separate-draw judge (fidelity 0.98 /
-    # 0.79 against 0.98 / 0.83, a distance within +-4 in either's features), 50 s sooner. 700 at 3e-4 split
-    # the judges (0.80 / 0.92) and were not taken (benchmarks/README.md, bench_guidance.py on one VAE).
+    # 900 at lr 2e-4 score within the CIs of 1200 at 1e-4 by the demo's judge and the separate-draw judge
+    # (fidelity 0.98 / 0.79 against 0.99 / 0.83, a distance within +-4 in either's features), 50 s sooner. 700
+    # at 3e-4 split the judges (0.80 / 0.92) and were not taken (benchmarks/README.md, bench_demo_judge.py).
     autoencoder_steps: int = 600
     ldm_steps: int = 900
     ldm_lr: float = 2e-4

@@ -96,6 +96,21 @@ def test_two_processes_on_two_shards_make_one_valid_cache(small_bundle, tmp_path
     assert SyntheticCache(out).verify().ok
 
 
+def test_a_cache_another_process_is_creating_is_not_foreign(small_bundle, tmp_path):
+    # the race of two shards starting together: one sees the other's cache.json temporary before its rename
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, precision="fp32")
+    racing = tmp_path / "racing"
+    racing.mkdir()
+    (racing / f".{CACHE_FILE.removesuffix('.json')}.k3x9q2ab.tmp.json").write_text("{")  # atomic_path's naming
+    assert SyntheticCache.create(racing, generator).meta["bundle_fingerprint"] == generator.fingerprint
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.tmp.txt").write_text("mine")  # not hidden: someone's file, even with .tmp in its name
+    with pytest.raises(InputError, match="not empty and is not a synthetic cache"):
+        SyntheticCache.create(foreign, generator)
+    assert [p.name for p in foreign.iterdir()] == ["notes.tmp.txt"]  # nothing written there
+
+
 def test_a_killed_pregeneration_resumes_to_the_exact_count(small_bundle, generator, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "synthaug", "pregenerate", "--bundle", str(small_bundle), "--out", str(out),

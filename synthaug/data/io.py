@@ -202,6 +202,14 @@ def make_temp_dir(beside: Path) -> Path:
     return tmp
 
 
+TEMPORARY_MARK = ".tmp"  # in the suffix of atomic_path's temporaries: ".NAME.XXXXXXXX.tmp.SUFFIX"
+
+
+def is_atomic_temporary(name: str) -> bool:
+    """Whether a file name is one of ``atomic_path``'s temporaries (a write in flight, or left by a kill)."""
+    return name.startswith(".") and TEMPORARY_MARK in name
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it.
@@ -212,7 +220,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMPORARY_MARK}{suffix}", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
     os.close(fd)
     tmp = Path(tmp_name)

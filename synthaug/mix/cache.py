@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthaug.data.io import atomic_write_text, file_sha256
+from synthaug.data.io import atomic_write_text, file_sha256, is_atomic_temporary
 from synthaug.errors import InputError
 from synthaug.mix.balance import LABELS, ClassBalance, pregeneration_quotas
 
@@ -168,9 +168,10 @@ class SyntheticCache:
                                  fix="use the cache's seed and format, or another folder")
             cache.check_filter(volume_filter)
             return cache
-        # What a process creating this cache at the same moment has made before cache.json is not "foreign".
+        # What a process creating this cache at the same moment has made before cache.json is not "foreign":
+        # its folders and lock, and the temporary of its cache.json while the write is in flight.
         own = {VOLUMES_DIR, f"{MANIFEST_FILE}.lock", FILTER_FILE}
-        if path.exists() and any(p.name not in own for p in path.iterdir()):
+        if path.exists() and any(p.name not in own and not is_atomic_temporary(p.name) for p in path.iterdir()):
             raise InputError("folder exists, is not empty and is not a synthetic cache", where=str(path),
                              fix="choose an empty or new folder")
         (path / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)

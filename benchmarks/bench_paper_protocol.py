@@ -32,8 +32,10 @@ METRICS = ("accuracy", "balanced_accuracy", "auroc", "ap")
 
 
 def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int, vae_steps: int,
-               prediction: str = "eps", overrides: tuple[str, ...] = ()) -> tuple[Path, Path]:
-    """A phantom with exactly ``n_train`` training cases and a generator bundle trained on those only."""
+               prediction: str = "eps", overrides: tuple[str, ...] = (),
+               autoencoder: Path | None = None) -> tuple[Path, Path]:
+    """A phantom with exactly ``n_train`` training cases and a generator bundle trained on those only
+    (its VAE reused from ``autoencoder``, one trained on the same phantom, when given)."""
     from synthaug.config import load_config
     from synthaug.data.phantom import write_phantom_dataset
     from synthaug.ldm.train import train_generator
@@ -51,14 +53,16 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
         from synthaug.ldm.bundle import read_bundle_info
 
         made = read_bundle_info(bundle, verify=False)[0]["config"]
+        made["diffusion"].setdefault("preconditioning", "none")  # bundles from before the setting
         asked = cfg.model_dump(mode="json")
         changed = [f"{a}.{b} {made[a][b]!r}, not {asked[a][b]!r}" for a, b in
-                   (("diffusion", "prediction"), ("train", "steps"), ("train", "lr"), ("autoencoder", "steps"))
+                   (("diffusion", "prediction"), ("diffusion", "preconditioning"), ("train", "steps"),
+                    ("train", "lr"), ("autoencoder", "steps"))
                    if made[a][b] != asked[a][b]]
         if changed:
             raise SystemExit(f"{bundle} was trained with {'; '.join(changed)}: pass another --work folder")
     else:
-        train_generator(manifest, bundle, cfg, work_dir=work / "bundle.work", overwrite=True)
+        train_generator(manifest, bundle, cfg, work_dir=work / "bundle.work", autoencoder=autoencoder, overwrite=True)
     return manifest, bundle
 
 
@@ -128,6 +132,9 @@ def main() -> None:
                              "geometry, flow, bench_class_signal.BUDGETS: VAE 1920 patch steps, LDM 6000 steps at "
                              "lr 1e-4); overrides the step options")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator config override")
+    parser.add_argument("--autoencoder", type=Path,
+                        help="reuse this autoencoder (an earlier work folder's bundle/autoencoder.safetensors, trained on "
+                             "the same phantom: link its phantom folder into --work) and train the LDM only")
     parser.add_argument("--twins", type=int, default=1,
                         help="K > 1 adds the arm real + synthetic K:1 (K twins per case, new seeds)")
     parser.add_argument("--filter-confidence", type=float,
@@ -164,7 +171,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps,
-                                        args.prediction, tuple(args.set))
+                                        args.prediction, tuple(args.set), args.autoencoder)
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
     assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"

@@ -225,6 +225,18 @@ class DiffusionConfig(_Section):
     # logit-normal: t/T = sigmoid(n), n ~ N(0, 1), which trains the middle noise levels most (SD3's choice
     # for rectified flow); drawn from the run's own seeded stream either way.
     timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"
+    # How the U-Net's output F becomes the flow velocity: none (v = F), or edm: Karras et al.'s skip
+    # preconditioning on the flow path, x0_hat = c_skip x_t + c_out F, with unit-variance data, so that
+    # v = ((1 - 2s) x_t + sqrt(D) F) / D, D = (1 - s)^2 + s^2, s = t/T. At pure noise F is the clean latent
+    # (its mean is a bias away), at low noise it is the noise; the plain U-Net must copy -x_t to get there.
+    preconditioning: Literal["none", "edm"] = "none"
+
+    @model_validator(mode="after")
+    def _preconditioning_needs_flow(self) -> DiffusionConfig:
+        if self.preconditioning != "none" and self.prediction != "flow":
+            raise ValueError(f"preconditioning {self.preconditioning} is defined for prediction flow, not "
+                             f"{self.prediction}: set diffusion.prediction=flow or diffusion.preconditioning=none")
+        return self
 
 
 # The class guidance a model with a null class samples with by default, on the guidance interval below. Chosen
@@ -301,6 +313,9 @@ class SampleConfig(_Section):
 class LossConfig(_Section):
     """Joint loss: L1(eps_hat, eps) + focal_weight * FocalLoss(class logits, label); what the U-Net's class slot gets.
 
+    ``diffusion_loss`` picks the denoising term: ``l1`` (the reference) fits the per-voxel median of the
+    target, ``mse`` its mean (the velocity a rectified-flow ODE integrates is the conditional mean).
+
     Per training case the class slot gets the ground-truth label, one-hot, with probability ``p_label``
     (teacher forcing: the U-Net learns what a class looks like), the null class ``(0, 0)`` (neither a
     one-hot nor a softmax output: "no class", the unconditional input of class guidance) with probability
@@ -313,6 +328,7 @@ class LossConfig(_Section):
     # forcing and reaches 1.0 only after 350 steps with it; 1e-2 and 1 reach 1.0 by step 50 (1e-2 also at the
     # demo's 48x48x32), their probe loss within 0.4% of 1e-4's.
     focal_weight: float = Field(1e-2, ge=0.0, allow_inf_nan=False)
+    diffusion_loss: Literal["l1", "mse"] = "l1"
     focal_alpha: float = Field(0.75, ge=0.0, le=1.0)
     focal_gamma: float = Field(2.0, ge=0.0)
     reference_focal_scaling: bool = False  # True reproduces the reference's x100 focal target

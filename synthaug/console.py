@@ -41,7 +41,7 @@ def stage_progress(console: Console | None = None) -> Iterator[Progress]:
         def update(stage: str, done: int, total: int, logs: dict) -> None:
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total, logs="")
-            shown = "  ".join(f"{k} {logs[k]:.4g}" for k in ("loss", "l1", "focal", "it_s") if k in logs)
+            shown = "  ".join(f"{k} {logs[k]:.4g}" for k in ("loss", "l1", "mse", "focal", "it_s") if k in logs)
             progress.update(tasks[stage], completed=done, total=total, logs=shown)
 
         yield update

@@ -175,6 +175,25 @@ def test_guidance_and_class_guidance_one_are_exactly_the_unguided_model(generato
     assert torch.equal(a.volumes, b.generate([1, 0], reports=[REPORT, ""], seeds=[4, 5]).volumes)
 
 
+def test_guided_predictions_go_through_the_preconditioning(generator):
+    # the sampler must step with what training regressed: under edm preconditioning, the velocity
+    # made from the U-Net's output, for the plain pass and for every guided branch
+    import copy
+
+    from synthaug.ldm.model import edm_flow_velocity
+
+    ldm = copy.deepcopy(generator.ldm)  # the module fixture stays unpreconditioned
+    ldm.preconditioning = "edm"
+    cond, x, t = _point(generator, [REPORT, REPORT])
+    context, logits = ldm.adapter(cond.text, cond.mask, t)
+    c = ldm.unet(x, t, context, logits.softmax(dim=-1), cond.spacing)
+    n = ldm.unet(x, t, context, null_class(2), cond.spacing)
+    velocity = lambda out: edm_flow_velocity(x, out, t, ldm.num_train_timesteps)  # noqa: E731
+    torch.testing.assert_close(guided_prediction(ldm, x, t, cond, 1.0), velocity(c))
+    torch.testing.assert_close(guided_prediction(ldm, x, t, cond, 1.0, 2.5),
+                               velocity(n) + 2.5 * (velocity(c) - velocity(n)))
+
+
 def test_class_guidance_pushes_the_class_against_the_null_class(generator, small_bundle):
     ldm = generator.ldm
     cond, x, t = _point(generator, [REPORT, REPORT])

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 from monai.losses import FocalLoss
 
 from synthaug.config import AdapterConfig, LossConfig, UNetConfig, load_config
+from synthaug.errors import ConfigError
 from synthaug.ldm.adapter import AdaLayerNorm, CCELLAAdapter
-from synthaug.ldm.model import CCELLALDM, class_slot, joint_loss, null_class, text_dropout
+from synthaug.ldm.model import CCELLALDM, class_slot, edm_flow_velocity, joint_loss, null_class, text_dropout
+from synthaug.ldm.objective import training_scheduler, training_target
 from synthaug.ldm.unet import CCELLAUNet
 
 B, C, LATENT, T, DT = 2, 4, (16, 16, 8), 12, 32
@@ -156,6 +158,49 @@ def test_model_forward_shapes_and_from_config():
     x = inputs()
     noise_pred, logits = model(**x)
     assert noise_pred.shape == x["x_t"].shape and logits.shape == (B, 2)
+
+
+@pytest.mark.parametrize("t", [0, 1, 167, 500, 833, 999, 1000])
+def test_edm_velocity_of_the_ideal_output_is_the_flow_target(t):
+    # The U-Net output that makes x0_hat exact, F = (x0 - c_skip x_t) / c_out, must give the training
+    # target x0 - noise at every noise level, the ends included (no division by s or by 1 - s).
+    cfg = load_config(overrides=["diffusion.prediction=flow"]).diffusion
+    x0, noise = torch.randn(3, C, 4, 4, 2), torch.randn(3, C, 4, 4, 2)
+    ts = torch.full((3,), t)
+    x_t, target = training_target(cfg, training_scheduler(cfg), x0, noise, ts)
+    s = t / 1000
+    # (x0 - c_skip x_t) / c_out in closed form: (s x0 - (1 - s) noise) / sqrt(D), minus the noise at s = 0
+    ideal = (s * x0 - (1 - s) * noise) / ((1 - s) ** 2 + s ** 2) ** 0.5
+    torch.testing.assert_close(edm_flow_velocity(x_t, ideal, ts, 1000), target, rtol=1e-4, atol=1e-4)
+    if t == 1000:  # pure noise: the output is the clean latent itself
+        torch.testing.assert_close(edm_flow_velocity(x_t, x0, ts, 1000), x0 - x_t)
+
+
+def test_preconditioning_is_applied_by_the_model_only_when_configured():
+    x = inputs()
+    plain = CCELLALDM.from_config(load_config(overrides=["diffusion.prediction=flow"]), text_dim=DT)
+    edm = CCELLALDM.from_config(load_config(overrides=["diffusion.prediction=flow",
+                                                       "diffusion.preconditioning=edm"]), text_dim=DT)
+    edm.load_state_dict(plain.state_dict())  # same weights: no parameters of its own
+    out, _ = plain(**x)
+    assert plain.preconditioning == "none"
+    torch.testing.assert_close(edm(**x)[0], edm_flow_velocity(x["x_t"], out, x["t"], 1000))
+    assert not torch.allclose(edm(**x)[0], out)
+
+
+def test_preconditioning_needs_the_flow_objective():
+    with pytest.raises(ConfigError, match="preconditioning edm is defined for prediction flow"):
+        load_config(overrides=["diffusion.preconditioning=edm"])  # the default objective is eps
+
+
+@pytest.mark.parametrize("kind", ["l1", "mse"])
+def test_diffusion_loss_is_l1_or_mse_and_logged_under_its_name(kind):
+    noise_pred, target, logits, labels = loss_inputs()
+    isnull = torch.ones(4, dtype=torch.bool)  # no focal term
+    loss, logs = joint_loss(noise_pred, target, logits, labels, isnull, LossConfig(diffusion_loss=kind))
+    expected = (F.l1_loss if kind == "l1" else F.mse_loss)(noise_pred, target)
+    assert torch.equal(loss, expected) and logs[kind] == pytest.approx(expected.item())
+    assert ({"l1", "mse"} - {kind}).isdisjoint(logs)
 
 
 def test_diffusion_loss_trains_the_class_heads_through_the_class_path():

@@ -20,6 +20,18 @@ from synthaug.ldm.unet import CCELLAUNet
 REFERENCE_FOCAL_SCALE = 100.0  # the reference's one-hot focal target is (accidentally) multiplied by 100
 
 
+def edm_flow_velocity(x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """The flow velocity x0_hat - noise_hat from the U-Net's output ``out`` under EDM skip preconditioning.
+
+    On x_t = (1 - s) x0 + s n with unit-variance data, x0_hat = c_skip x_t + c_out out with
+    c_skip = (1 - s) / D, c_out = s / sqrt(D), D = (1 - s)^2 + s^2 (Karras et al. 2022, table 1, for this
+    path); the velocity (x0_hat - x_t) / s is then ((1 - 2s) x_t + sqrt(D) out) / D, finite at every s.
+    """
+    s = (t.to(torch.float32) / num_train_timesteps).view(-1, *([1] * (x_t.dim() - 1)))
+    d = (1 - s) ** 2 + s ** 2
+    return (((1 - 2 * s) * x_t.float() + d.sqrt() * out.float()) / d).to(out.dtype)
+
+
 def null_class(batch: int, like: torch.Tensor | None = None) -> torch.Tensor:
     """The null class input (B, 2): zeros, neither a one-hot label nor a softmax output ("no class")."""
     return torch.zeros(batch, NUM_CLASSES, dtype=torch.float32 if like is None else like.dtype,
@@ -29,10 +41,13 @@ def null_class(batch: int, like: torch.Tensor | None = None) -> torch.Tensor:
 class CCELLALDM(nn.Module):
     """The denoiser: the adapter reads the report, the U-Net denoises the latents given its outputs."""
 
-    def __init__(self, adapter: CCELLAAdapter, unet: CCELLAUNet) -> None:
+    def __init__(self, adapter: CCELLAAdapter, unet: CCELLAUNet, *, preconditioning: str = "none",
+                 num_train_timesteps: int = 1000) -> None:
         super().__init__()
         self.adapter = adapter
         self.unet = unet
+        self.preconditioning = preconditioning
+        self.num_train_timesteps = num_train_timesteps
 
     @classmethod
     def from_config(cls, cfg: SynthaugConfig, text_dim: int) -> CCELLALDM:
@@ -40,7 +55,8 @@ class CCELLALDM(nn.Module):
         adapter = CCELLAAdapter(text_dim, cfg.adapter)
         unet = CCELLAUNet(cfg.unet, latent_channels=cfg.autoencoder.latent_channels,
                           cross_attention_dim=cfg.adapter.width)
-        return cls(adapter, unet)
+        return cls(adapter, unet, preconditioning=cfg.diffusion.preconditioning,
+                   num_train_timesteps=cfg.diffusion.num_train_timesteps)
 
     def forward(
         self,
@@ -65,8 +81,16 @@ class CCELLALDM(nn.Module):
         elif given is not None:
             predicted = class_logits.softmax(dim=-1)
             class_probs = torch.where(given.to(predicted.device)[:, None], class_probs.to(predicted), predicted)
-        noise_pred = self.unet(x_t, t, context, class_probs, spacing)
-        return noise_pred, class_logits
+        return self.denoise(x_t, t, context, class_probs, spacing), class_logits
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, class_probs: torch.Tensor,
+                spacing: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net's prediction given the adapter's outputs, in the objective's units (the flow velocity
+        under ``edm`` preconditioning): what training regresses and every sampler steps with."""
+        out = self.unet(x_t, t, context, class_probs, spacing)
+        if self.preconditioning == "edm":
+            out = edm_flow_velocity(x_t, out, t, self.num_train_timesteps)
+        return out
 
 
 def joint_loss(
@@ -78,7 +102,7 @@ def joint_loss(
     cfg: LossConfig,
     focal_denominator: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1(noise_pred, target) + focal_weight * focal(class_logits, labels) over the cases that have a report.
+    """L1 (or MSE: ``cfg.diffusion_loss``)(noise_pred, target) + focal_weight * focal(class_logits, labels) over the cases that have a report.
 
     The focal term is MONAI ``FocalLoss(use_softmax=True)`` (a 2-logit softmax classifier, one-hot
     target, scalar alpha weighting class 1 by alpha and class 0 by 1 - alpha) with its ``mean``
@@ -87,7 +111,8 @@ def joint_loss(
     local count of such cases (data-parallel training passes the global count / world size, so that the
     averaged gradients equal those of one process on the whole batch).
     """
-    l1 = F.l1_loss(noise_pred.float(), target.float())
+    distance = F.l1_loss if cfg.diffusion_loss == "l1" else F.mse_loss
+    denoising = distance(noise_pred.float(), target.float())
     focal_fn = FocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha, use_softmax=True, reduction="none")
     onehot = F.one_hot(labels.long(), NUM_CLASSES).float()  # (B, 2)
     if cfg.reference_focal_scaling:
@@ -96,9 +121,9 @@ def joint_loss(
     keep = ~text_isnull.to(device=per_case.device, dtype=torch.bool)
     denominator = keep.sum().clamp(min=1) if focal_denominator is None else focal_denominator.to(per_case)
     focal = torch.where(keep, per_case, torch.zeros_like(per_case)).sum() / denominator
-    loss = l1 + cfg.focal_weight * focal
-    values = torch.stack([loss, l1, focal, keep.sum().to(loss.dtype)]).detach().tolist()  # one device sync
-    return loss, dict(zip(("loss", "l1", "focal", "focal_cases"), values))
+    loss = denoising + cfg.focal_weight * focal
+    values = torch.stack([loss, denoising, focal, keep.sum().to(loss.dtype)]).detach().tolist()  # one device sync
+    return loss, dict(zip(("loss", cfg.diffusion_loss, "focal", "focal_cases"), values))
 
 
 def text_dropout(

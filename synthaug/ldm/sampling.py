@@ -111,7 +111,7 @@ def guided_prediction(ldm, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
     if class_guidance != 1.0:  # the report's context again, with the null class
         context, class_probs = torch.cat([context, context[:b]]), torch.cat([class_probs, null_class(b, class_probs)])
         xs, ts, spacing = torch.cat([xs, x]), torch.cat([ts, t]), torch.cat([spacing, cond.spacing])
-    out = ldm.unet(xs, ts, context, class_probs, spacing)
+    out = ldm.denoise(xs, ts, context, class_probs, spacing)
     conditional = guided = out[:b]
     if guidance != 1.0:
         unconditional = out[b:2 * b]

@@ -447,7 +447,7 @@ class LDMTrainer:
             self.ema.update_parameters(self.model)
         self.step += 1
         if self.dist.active:  # the log shows the global batch's losses
-            keys = ("loss", "l1", "focal")
+            keys = ("loss", self.cfg.loss.diffusion_loss, "focal")
             averaged = self.dist.all_mean(torch.tensor([logs[k] for k in keys], dtype=torch.float64)).tolist()
             logs.update(zip(keys, averaged))
         return {**logs, "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}

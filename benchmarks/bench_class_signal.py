@@ -38,10 +38,10 @@ BUDGETS = {"demo": {}, "bench": {"autoencoder_steps": 1920, "ldm_steps": 6000, "
 
 def settings_grid(quick: bool) -> list[dict]:
     """Sampler settings of the fidelity link: class source x text guidance, and class guidance at text guidance 1."""
-    grid = [{"class_source": s, "guidance": g, "class_guidance": 1.0} for s in ("report", "label")
-            for g in ((1.0, 2.0) if quick else (1.0, 2.0, 4.0))]
     from synthaug.config import CLASS_GUIDANCE
 
+    grid = [{"class_source": s, "guidance": g, "class_guidance": 1.0} for s in ("report", "label")
+            for g in ((1.0, 2.0) if quick else (1.0, 2.0, 4.0))]
     grid += [{"class_source": s, "guidance": 1.0, "class_guidance": c} for s in ("report", "label")
              for c in ((2.0,) if quick else (2.0, 4.0, 8.0, CLASS_GUIDANCE))]  # and the generator's default
     return grid

@@ -60,12 +60,9 @@ def denoiser_row(name: str, work: Path, levels: list[float]) -> dict:
     held_out = [c for c in manifest.items("val") + manifest.items("test") if c["report"]]
     x0, mean = latents(generator, held_out), latents(generator, manifest.items("train")).mean(0, keepdim=True)
     baseline = float(((x0 - mean) ** 2).mean())
-    width = int(bundle.info["text"]["max_tokens"])
-    text, mask = generator.text_encoder.encode([c["report"] for c in held_out])
-    text = F.pad(text, (0, 0, 0, width - text.shape[1])).float()
-    mask = F.pad(mask, (0, width - mask.shape[1]), value=False)
-    onehot = F.one_hot(torch.tensor([c["label"] for c in held_out]), 2).float()
-    spacing = torch.tensor([generator.spacing] * len(held_out), dtype=torch.float32)
+    labels = [c["label"] for c in held_out]
+    cond = generator._conditioning(labels, [c["report"] for c in held_out])  # the generator's own text features
+    onehot = F.one_hot(torch.tensor(labels), 2).float()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     scheduler = training_scheduler(cfg)
     row = {"name": name, "work": str(work), "cases": len(held_out), "preconditioning": cfg.preconditioning,
@@ -75,7 +72,7 @@ def denoiser_row(name: str, work: Path, levels: list[float]) -> dict:
         t = torch.full((len(held_out),), round(s * cfg.num_train_timesteps))
         x_t, _ = training_target(cfg, scheduler, x0, noise, t)
         with torch.no_grad():
-            velocity, _ = generator.ldm(x_t, t, text, mask, spacing, class_probs=onehot)
+            velocity, _ = generator.ldm(x_t, t, cond.text, cond.mask, cond.spacing, class_probs=onehot)
         x0_hat = x_t + s * velocity
         row["levels"][f"{s:g}"] = {"error_ratio": float(((x0_hat - x0) ** 2).mean()) / baseline,
                                    "spread": float(x0_hat.std() / x0.std())}

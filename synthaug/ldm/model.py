@@ -102,7 +102,8 @@ def joint_loss(
     cfg: LossConfig,
     focal_denominator: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 (or MSE: ``cfg.diffusion_loss``)(noise_pred, target) + focal_weight * focal(class_logits, labels) over the cases that have a report.
+    """d(noise_pred, target) + focal_weight * focal(class_logits, labels) over the cases that have a report;
+    d is L1 (the reference) or MSE, as ``cfg.diffusion_loss`` says, and is logged under that name.
 
     The focal term is MONAI ``FocalLoss(use_softmax=True)`` (a 2-logit softmax classifier, one-hot
     target, scalar alpha weighting class 1 by alpha and class 0 by 1 - alpha) with its ``mean``

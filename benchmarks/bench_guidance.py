@@ -12,6 +12,10 @@ requests (half per class, class from the report, the same seeds and reports for 
   generated volumes against the requested class, AUROC and balanced accuracy with bootstrap CIs;
 - FID and KID to the generator phantom's held-out (val + test) volumes in the judge's features (a distance that
   sees the anatomy the judge learnt; train vs held-out is the floor);
+- nearest-training label agreement: how often a volume's nearest training case of the generator (class-blind voxel
+  distance, `synthaug.metrics.nearest_train_label_agreement`) has the volume's requested label, beside the same
+  figure for the held-out real volumes (chance: their anatomy does not depend on their class). Far above it, the
+  generator draws a class as "that class's training cases";
 - CAS (with `--cas`): a tiny-cnn (seed 1) trained on the row's volumes only, AUROC on the judge draw's test
   split, beside the same classifier trained on as many real training cases.
 
@@ -71,7 +75,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     from synthaug.markdown import markdown_table
     from synthaug.metrics.class_signal import score_link
     from synthaug.metrics.features import ClassifierFeatures
-    from synthaug.metrics.quality import fid, kid
+    from synthaug.metrics.quality import fid, kid, nearest_train_label_agreement
 
     started = time.perf_counter()
     rows = parse_rows(args.rows)
@@ -91,7 +95,13 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     judge = train_classifier(judge_manifest.items("train"), judge_manifest.items("val"), data, "tiny-cnn",
                              args.judge_epochs, 0, plan.crop)
     features = ClassifierFeatures(judge.net, name="judge features", crop=plan.crop)
-    held_out = features.extract(volumes(manifest.items("val") + manifest.items("test")))
+    held_out_items = manifest.items("val") + manifest.items("test")
+    held_out_volumes = volumes(held_out_items)
+    held_out = features.extract(held_out_volumes)
+    generator_train = [c for c in manifest.items("train") if c["case_id"] in bundle.train_case_ids]
+    train_volumes, train_labels = volumes(generator_train), [c["label"] for c in generator_train]
+    nn_baseline = nearest_train_label_agreement(held_out_volumes, [c["label"] for c in held_out_items], train_volumes,
+                                                train_labels)
     real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:args.n]
     floor = fid(held_out, features.extract(volumes(real_n)))
     cas_test = judge_manifest.items("test")
@@ -127,7 +137,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             result = {**row, "setting": describe(row), "unet_passes_per_volume": int(passes) / args.n,
                       "volumes_per_s": args.n / seconds, "fidelity": fidelity.to_dict(),
                       "fid_judge_features": fid(held_out, synthetic_features),
-                      "kid_judge_features": kid(held_out, synthetic_features)["mean"]}
+                      "kid_judge_features": kid(held_out, synthetic_features)["mean"],
+                      "nearest_train_label_agreement": nearest_train_label_agreement(synthetic, labels, train_volumes,
+                                                                                     train_labels)}
             if args.cas:
                 predict = train_classifier(items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1,
                                            plan.crop)
@@ -135,20 +147,23 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                                            predict(cas_x)).to_dict()
         results.append(result)
         print(f"{describe(row)}: {result['unet_passes_per_volume']:.0f} passes, {result['volumes_per_s']:.2f} vol/s, "
-              f"fidelity {fidelity.auroc['estimate']:.3f}, FID {result['fid_judge_features']:.2f}"
+              f"fidelity {fidelity.auroc['estimate']:.3f}, FID {result['fid_judge_features']:.2f}, "
+              f"nearest-training label agreement {result['nearest_train_label_agreement']:.3f}"
               + (f", CAS {result['cas']['auroc']['estimate']:.3f}" if args.cas else ""), flush=True)
 
     def ci(score: dict) -> str:
         return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
     header = ["steps", "class guidance", "guided t/T", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
-              "fidelity balanced acc.", "FID (judge features)", "KID"] + (["CAS AUROC"] if args.cas else [])
+              "fidelity balanced acc.", "FID (judge features)", "KID", "nearest-training label agreement"] + (["CAS AUROC"] if args.cas else [])
     table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]),
               f"{r['unet_passes_per_volume']:.0f}", f"{r['volumes_per_s']:.2f}", ci(r["fidelity"]["auroc"]),
               ci(r["fidelity"]["balanced_accuracy"]), f"{r['fid_judge_features']:.2f}", f"{r['kid_judge_features']:.4f}",
+              f"{r['nearest_train_label_agreement']:.3f}",
               *([ci(r["cas"]["auroc"])] if args.cas else [])] for r in results]
     print("\n".join(markdown_table(header, table)))
-    print(f"FID floor (real train vs held-out, judge features): {floor:.2f}"
+    print(f"FID floor (real train vs held-out, judge features): {floor:.2f}; nearest-training label agreement of "
+          f"{len(held_out_items)} held-out real volumes: {nn_baseline:.3f}"
           + (f"; CAS of {len(real_n)} real cases: {ci(cas_real.auroc)}" if cas_real else ""))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_file = RESULTS / f"bench_guidance{args.tag}.json"
@@ -156,7 +171,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         "date": datetime.date.today().isoformat(), "work": str(args.work), "n": args.n, "judge": judge_name,
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_at_end": os.getloadavg()[0], "total_s": round(time.perf_counter() - started, 1),
-        "fid_floor": floor, "cas_real": cas_real.to_dict() if cas_real else None, "rows": results}, indent=2) + "\n")
+        "fid_floor": floor, "nearest_train_label_agreement_held_out": nn_baseline, "cas_real": cas_real.to_dict() if cas_real else None, "rows": results}, indent=2) + "\n")
     print(f"wrote {out_file}")
 
 

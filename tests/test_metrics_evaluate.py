@@ -107,3 +107,21 @@ def test_fewer_than_two_volumes_are_refused(tmp_path):
         evaluate_quality([], real, tmp_path / "out")
     with pytest.raises(InputError, match="no 'image' entry"):
         evaluate_quality(real, [{"img": "x"}, {"img": "y"}], tmp_path / "out")
+
+
+def test_class_by_training_case_compares_synthetic_with_held_out_real(tmp_path):
+    train = items(tmp_path / "train", 8, seed=0)
+    held_out = items(tmp_path / "held", 6, seed=2)
+    synthetic = items(tmp_path / "syn", 6, seed=1, synthetic=True)
+    for i, item in enumerate(synthetic):  # every synthetic volume drawn as a training case of its class
+        item["image"], item["requested_label"] = train[i]["image"], train[i]["label"]
+    metrics = evaluate_quality(held_out, synthetic, tmp_path / "out", train_items=train, kid_subsets=5)
+    by_case = metrics["memorisation"]["class_by_training_case"]
+    assert by_case["synthetic"] == 1.0 and 0.0 <= by_case["held_out_real"] <= 1.0
+    assert dict(headline(metrics))["nearest training case has the label: synthetic / held-out real"].startswith("1 /")
+    assert "**Class by training case.**" in (tmp_path / "out" / "report.md").read_text()
+    without_train = evaluate_quality(held_out, synthetic, tmp_path / "out2", kid_subsets=5)
+    assert "skipped" in without_train["memorisation"]["class_by_training_case"]["note"]
+    unlabelled = [{k: v for k, v in c.items() if k != "label"} for c in train]
+    no_labels = evaluate_quality(held_out, synthetic, tmp_path / "out3", train_items=unlabelled, kid_subsets=5)
+    assert "lacks its label" in no_labels["memorisation"]["class_by_training_case"]["note"]

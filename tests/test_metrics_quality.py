@@ -17,6 +17,7 @@ from synthaug.metrics import (
     memorisation,
     ms_ssim_diversity,
     ms_ssim_settings,
+    nearest_train_label_agreement,
     precision_recall,
     voxel_signature,
 )
@@ -127,6 +128,19 @@ def test_memorisation_flags_copies_and_near_copies_not_fresh_samples(extractor):
     assert flagged["copy"]["voxel_train_id"] == "t3" and flagged["near"]["feature_train_id"] == "t7"
     assert [p["synthetic_id"] for p in result["pairs"][:2]] == ["copy", "near"]  # most suspicious first
     assert result["n_likely_copies"] == 2 and result["spaces"]["voxel"]["threshold"] > 0
+
+
+def test_nearest_train_label_agreement_tells_class_by_training_case_from_class_blind_anatomy():
+    train = blobs(40, seed=20)
+    train_labels = [i % 2 for i in range(40)]
+    picks = torch.arange(0, 40, 3)
+    memorised = noisy(train[picks], 0.05)  # "class 1" drawn as a class-1 training case, and so on
+    assert nearest_train_label_agreement(memorised, [train_labels[i] for i in picks], train, train_labels) == 1.0
+    fresh = blobs(200, seed=21)  # anatomy independent of the label, like held-out real cases
+    fresh_labels = torch.randint(0, 2, (200,), generator=torch.Generator().manual_seed(22)).tolist()
+    assert 0.35 < nearest_train_label_agreement(fresh, fresh_labels, train, train_labels) < 0.65
+    with pytest.raises(InputError, match="one label per volume"):
+        nearest_train_label_agreement(fresh, fresh_labels[:-1], train, train_labels)
 
 
 def test_conditioning_fidelity_by_requested_label():

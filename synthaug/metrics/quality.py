@@ -271,6 +271,24 @@ def memorisation(
             "n_likely_copies": sum(r["likely_copy"] for r in rows), "pairs": rows}
 
 
+def nearest_train_label_agreement(volumes: Tensor | np.ndarray, labels: Sequence[int],
+                                  train: Tensor | np.ndarray, train_labels: Sequence[int]) -> float:
+    """The fraction of ``volumes`` whose nearest training volume (:func:`voxel_distance` of
+    :func:`voxel_signature`, a class-blind anatomy distance) has the same label.
+
+    A generator that renders a class as "look like that class's training cases" scores far above what
+    held-out real volumes score (their anatomy is independent of their class, so their agreement is the
+    chance one): compare the two, the number alone means little.
+    """
+    y, y_train = np.asarray(labels, dtype=int).reshape(-1), np.asarray(train_labels, dtype=int).reshape(-1)
+    if len(y) != len(volumes) or len(y_train) != len(train) or len(y) == 0 or len(y_train) == 0:
+        raise InputError(f"got {len(volumes)} volumes with {len(y)} labels and {len(train)} training volumes with "
+                         f"{len(y_train)} labels", where="nearest-training label agreement",
+                         fix="give one label per volume and at least one volume in each set")
+    _, index = _nn(voxel_distance(voxel_signature(volumes), voxel_signature(train)), exclude_self=False)
+    return float((y_train[index.numpy()] == y).mean())
+
+
 # ------------------------------------------------------------------------------- conditioning fidelity
 
 

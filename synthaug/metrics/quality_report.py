@@ -194,6 +194,7 @@ class _Sets:
     train_t: torch.Tensor
     real_labels: list[int | None]
     synth_labels: list[int | None]  # requested_label, else label
+    train_labels: list[int | None]
     synth_ids: list[str]
     train_ids: list[str]
 
@@ -319,6 +320,7 @@ def _load_sets(real_items: list, synthetic_items: list, train_items: list | None
         real=real, synth=synth, train=train, train_given=train_given, shape=shape, real_t=real_t, synth_t=synth_t,
         train_t=_stack(train) if train_given else real_t, real_labels=_labels(real_items, ("label",)),
         synth_labels=_labels(synthetic_items, ("requested_label", "label")),
+        train_labels=_labels(train_items, ("label",)),
         synth_ids=_ids(synthetic_items, ("synthetic_id", "id"), key, "synthetic_"),
         train_ids=_ids(train_items, ("case_id", "id"), key, "train_"))
 
@@ -408,7 +410,20 @@ def _memorisation(f_synth: torch.Tensor, f_train: torch.Tensor, sets: _Sets, set
     pairs = mem.pop("pairs")
     mem["reference"] = "train_items" if sets.train_given else "real_items (no train_items given)"
     mem["feature_extractor"] = extractor_name
+    mem["class_by_training_case"] = _class_by_training_case(sets)
     return mem, pairs
+
+
+def _class_by_training_case(sets: _Sets) -> dict[str, Any]:
+    """How often the nearest training volume has the volume's label, synthetic beside held-out real (chance)."""
+    if not sets.train_given:
+        return {"note": "skipped: needs the generator's training set (train_items) beside held-out real volumes"}
+    if any(c is None for c in [*sets.synth_labels, *sets.real_labels, *sets.train_labels]):
+        return {"note": "skipped: a synthetic, real or training item lacks its label"}
+    return {"synthetic": quality.nearest_train_label_agreement(sets.synth_t, sets.synth_labels, sets.train_t,
+                                                               sets.train_labels),
+            "held_out_real": quality.nearest_train_label_agreement(sets.real_t, sets.real_labels, sets.train_t,
+                                                                   sets.train_labels)}
 
 
 def _conditioning(predict: Callable[[torch.Tensor], Any] | None, sets: _Sets, batch_size: int) -> dict[str, Any]:
@@ -488,6 +503,10 @@ def headline(metrics: Mapping) -> list[tuple[str, str]]:
             rows.append((f"MS-SSIM diversity, {what} class {label}", _fmt(d["diversity"], 3)))
     mem = metrics["memorisation"]
     rows.append(("likely copies of training volumes", f"{mem['n_likely_copies']} of {mem['n_synthetic']}"))
+    by_case = mem.get("class_by_training_case", {})
+    if "synthetic" in by_case:
+        rows.append(("nearest training case has the label: synthetic / held-out real",
+                     f"{_fmt(by_case['synthetic'], 3)} / {_fmt(by_case['held_out_real'], 3)}"))
     cond = metrics["conditioning"]
     if "accuracy" in cond:
         rows.append(("conditioning accuracy / AUROC", f"{_fmt(cond['accuracy'], 3)} / {_fmt(cond['auroc'], 3)}"))
@@ -541,6 +560,14 @@ def render_report(metrics: Mapping, pairs: Sequence[Mapping], top: int = 10) -> 
                           p.get("feature_train_id"), p.get("feature_distance"), "**yes**" if p["likely_copy"] else "no"]
                          for p in pairs[:top]]))
     parts.append("\n![memorisation pairs](memorisation_pairs.png)\n")
+    by_case = mem.get("class_by_training_case", {})
+    if "synthetic" in by_case:
+        parts.append(f"\n**Class by training case.** The nearest training volume (voxel space) has the volume's "
+                     f"label for {_fmt(by_case['synthetic'], 3)} of the synthetic volumes and "
+                     f"{_fmt(by_case['held_out_real'], 3)} of the held-out real ones (chance: their anatomy does not "
+                     "depend on their class). Far above chance, the generator draws a class as that class's "
+                     "training cases, a difference a classifier trained on the volumes learns and real cases do "
+                     "not share.\n")
     cond = metrics["conditioning"]
     parts.append("\n## Conditioning fidelity\n")
     if "accuracy" in cond:

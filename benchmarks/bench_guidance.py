@@ -13,8 +13,8 @@ requests (half per class, class from the report, the same seeds and reports for 
 - FID and KID to the generator phantom's held-out (val + test) volumes in the judge's features (a distance that
   sees the anatomy the judge learnt; train vs held-out is the floor);
 - nearest-training label agreement: how often a volume's nearest training case of the generator (class-blind voxel
-  distance, `synthaug.metrics.nearest_train_label_agreement`) has the volume's requested label, beside the same
-  figure for the held-out real volumes (chance: their anatomy does not depend on their class). Far above it, the
+  distance, `synthaug.metrics.nearest_train_label_agreement`) has the volume's requested label (the case whose report
+  the volume was drawn from excluded), beside the same figure for the held-out real volumes (chance: their anatomy does not depend on their class). Far above it, the
   generator draws a class as "that class's training cases";
 - CAS (with `--cas`): a tiny-cnn (seed 1) trained on the row's volumes only, AUROC on the judge draw's test
   split, beside the same classifier trained on as many real training cases.
@@ -100,6 +100,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     held_out = features.extract(held_out_volumes)
     generator_train = [c for c in manifest.items("train") if c["case_id"] in bundle.train_case_ids]
     train_volumes, train_labels = volumes(generator_train), [c["label"] for c in generator_train]
+    report_source = {c["report"]: i for i, c in enumerate(generator_train) if c.get("report")}
     nn_baseline = nearest_train_label_agreement(held_out_volumes, [c["label"] for c in held_out_items], train_volumes,
                                                 train_labels)
     real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:args.n]
@@ -138,8 +139,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                       "volumes_per_s": args.n / seconds, "fidelity": fidelity.to_dict(),
                       "fid_judge_features": fid(held_out, synthetic_features),
                       "kid_judge_features": kid(held_out, synthetic_features)["mean"],
-                      "nearest_train_label_agreement": nearest_train_label_agreement(synthetic, labels, train_volumes,
-                                                                                     train_labels)}
+                      "nearest_train_label_agreement": nearest_train_label_agreement(
+                          synthetic, labels, train_volumes, train_labels,
+                          exclude=[report_source.get(report) for report in reports])}
             if args.cas:
                 predict = train_classifier(items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1,
                                            plan.crop)

@@ -90,6 +90,26 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
              "case_id": c["case_id"] + "_synthetic" + (f"{round_}" if round_ else "")} for c in real]
 
 
+def class_by_training_case(twins: list[dict], real: list[dict], test: list[dict], load) -> dict[str, float]:
+    """How often a twin's nearest real training case (``synthaug.metrics.nearest_train_cases``, whole volumes as
+    ``load`` reads them) is its own case; how often the nearest other one has its label; the same agreement for
+    the test cases (chance)."""
+    import numpy as np
+    import torch
+
+    from synthaug.metrics import nearest_train_cases, nearest_train_label_agreement
+
+    def stack(items: list[dict]) -> torch.Tensor:
+        return torch.stack([load(item)["image"] for item in items])
+
+    train, train_labels, synthetic = stack(real), [c["label"] for c in real], stack(twins)
+    own = list(range(len(real)))  # twin i was drawn from case i's report and label
+    return {"twins_nearest_own_case": float(np.mean(nearest_train_cases(synthetic, train) == np.arange(len(real)))),
+            "twins": nearest_train_label_agreement(synthetic, [t["label"] for t in twins], train, train_labels,
+                                                   exclude=own),
+            "test": nearest_train_label_agreement(stack(test), [c["label"] for c in test], train, train_labels)}
+
+
 def filtered(twins: list[dict], manifest, data, crop, confidence: float) -> tuple[list[dict], dict]:
     """The twins a filter classifier (tiny-cnn, ``synthaug.mix.filter``: trained on the real train split,
     selected on val; never the evaluated classifier's seeds 0-4 with these weights) gives at least
@@ -221,6 +241,8 @@ def main() -> None:
             console.print(f"{arm}, seed {seed}: " + ", ".join(f"{m} {scored.metrics.get(m)}" for m in METRICS)
                           + f" ({time.perf_counter() - t0:.0f} s)")
     agree = sum(t["predicted_label"] == t["label"] for t in twins) / len(twins)
+    by_case = class_by_training_case(twins, real, manifest.items("test"),
+                                     VolumeStore(load_bundle(bundle, verify=False).config.data))
     table = Table(title=f"paper protocol on the phantom: {args.n_train} real training cases, {args.model}, "
                         f"{args.seeds} seeds, test n={len(test)} (mean [95% CI])")
     for col in ("arm", *METRICS, "paper accuracy"):
@@ -243,12 +265,16 @@ def main() -> None:
             console.print(f"{arm} - real only, {metric}: {d['mean']:+.3f} "
                           + (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else "")
                           + (f", paired p {d['p']:.3g}, Holm {adjusted:.3g}" if d["p"] is not None else ""))
-    console.print(f"{PAPER_NOTE}. Predicted label = real label for {agree:.0%} of the synthetic twins.")
+    console.print(f"{PAPER_NOTE}. Predicted label = real label for {agree:.0%} of the synthetic twins. The nearest "
+                  f"real training case of {by_case['twins_nearest_own_case']:.0%} of the twins is their own case; "
+                  f"class by training case (the nearest other one has the label): twins {by_case['twins']:.3f}, "
+                  f"test cases {by_case['test']:.3f} (chance).")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.out
     out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
                                "paired_vs_real_only": gains,
-                               "runs": results, "predicted_label_agreement": agree, "paper": PAPER_NOTE,
+                               "runs": results, "predicted_label_agreement": agree, "class_by_training_case": by_case,
+                               "paper": PAPER_NOTE,
                                "filter": filter_record,
                                "machine": platform.platform(), "cpus": os.cpu_count(),
                                "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,

@@ -113,11 +113,15 @@ def test_class_by_training_case_compares_synthetic_with_held_out_real(tmp_path):
     train = items(tmp_path / "train", 8, seed=0)
     held_out = items(tmp_path / "held", 6, seed=2)
     synthetic = items(tmp_path / "syn", 6, seed=1, synthetic=True)
+    for i, case in enumerate(train):
+        case["report"] = f"report of case {i}"
     for i, item in enumerate(synthetic):  # every synthetic volume drawn as a training case of its class
         item["image"], item["requested_label"] = train[i]["image"], train[i]["label"]
+    synthetic[0]["report"] = train[2]["report"]  # drawn from another case's report: that case may not match
     metrics = evaluate_quality(held_out, synthetic, tmp_path / "out", train_items=train, kid_subsets=5)
     by_case = metrics["memorisation"]["class_by_training_case"]
     assert by_case["synthetic"] == 1.0 and 0.0 <= by_case["held_out_real"] <= 1.0
+    assert by_case["report_source_excluded"] == 1
     assert dict(headline(metrics))["nearest training case has the label: synthetic / held-out real"].startswith("1 /")
     assert "**Class by training case.**" in (tmp_path / "out" / "report.md").read_text()
     without_train = evaluate_quality(held_out, synthetic, tmp_path / "out2", kid_subsets=5)

@@ -17,6 +17,7 @@ from synthaug.metrics import (
     memorisation,
     ms_ssim_diversity,
     ms_ssim_settings,
+    nearest_train_cases,
     nearest_train_label_agreement,
     precision_recall,
     voxel_signature,
@@ -141,6 +142,20 @@ def test_nearest_train_label_agreement_tells_class_by_training_case_from_class_b
     assert 0.35 < nearest_train_label_agreement(fresh, fresh_labels, train, train_labels) < 0.65
     with pytest.raises(InputError, match="one label per volume"):
         nearest_train_label_agreement(fresh, fresh_labels[:-1], train, train_labels)
+
+
+def test_nearest_train_cases_skips_the_excluded_case():
+    train = blobs(12, seed=30)
+    copies = noisy(train[[2, 5]], 0.01)
+    assert nearest_train_cases(copies, train).tolist() == [2, 5]
+    skipped = nearest_train_cases(copies, train, exclude=[2, None])
+    assert skipped[0] != 2 and skipped[1] == 5
+    labels = [0] * 12
+    labels[2] = 1  # only the excluded case has the volume's label
+    assert nearest_train_label_agreement(copies[:1], [1], train, labels) == 1.0
+    assert nearest_train_label_agreement(copies[:1], [1], train, labels, exclude=[2]) == 0.0
+    with pytest.raises(InputError, match="one exclusion"):
+        nearest_train_cases(copies, train, exclude=[2])
 
 
 def test_conditioning_fidelity_by_requested_label():

@@ -271,10 +271,27 @@ def memorisation(
             "n_likely_copies": sum(r["likely_copy"] for r in rows), "pairs": rows}
 
 
+def nearest_train_cases(volumes: Tensor | np.ndarray, train: Tensor | np.ndarray, *,
+                        exclude: Sequence[int | None] | None = None) -> np.ndarray:
+    """The index of each volume's nearest training volume: :func:`voxel_distance` of :func:`voxel_signature`,
+    a class-blind anatomy distance. ``exclude[i]``: a training index volume i may not match (e.g. the case
+    whose report it was drawn from), or None."""
+    if len(train) == 0 or (exclude is not None and len(exclude) != len(volumes)):
+        raise InputError(f"{len(train)} training volumes, {len(volumes)} volumes with "
+                         f"{'no' if exclude is None else len(exclude)} exclusions", where="nearest training case",
+                         fix="give at least one training volume and one exclusion (or None) per volume")
+    dist = voxel_distance(voxel_signature(volumes), voxel_signature(train))
+    for i, j in enumerate(exclude or []):
+        if j is not None:
+            dist[i, j] = float("inf")
+    return _nn(dist, exclude_self=False)[1].numpy()
+
+
 def nearest_train_label_agreement(volumes: Tensor | np.ndarray, labels: Sequence[int],
-                                  train: Tensor | np.ndarray, train_labels: Sequence[int]) -> float:
-    """The fraction of ``volumes`` whose nearest training volume (:func:`voxel_distance` of
-    :func:`voxel_signature`, a class-blind anatomy distance) has the same label.
+                                  train: Tensor | np.ndarray, train_labels: Sequence[int], *,
+                                  exclude: Sequence[int | None] | None = None) -> float:
+    """Class by training case: the fraction of ``volumes`` whose nearest training volume
+    (:func:`nearest_train_cases`, ``exclude`` as there) has the same label.
 
     A generator that renders a class as "look like that class's training cases" scores far above what
     held-out real volumes score (their anatomy is independent of their class, so their agreement is the
@@ -285,8 +302,7 @@ def nearest_train_label_agreement(volumes: Tensor | np.ndarray, labels: Sequence
         raise InputError(f"got {len(volumes)} volumes with {len(y)} labels and {len(train)} training volumes with "
                          f"{len(y_train)} labels", where="nearest-training label agreement",
                          fix="give one label per volume and at least one volume in each set")
-    _, index = _nn(voxel_distance(voxel_signature(volumes), voxel_signature(train)), exclude_self=False)
-    return float((y_train[index.numpy()] == y).mean())
+    return float((y_train[nearest_train_cases(volumes, train, exclude=exclude)] == y).mean())
 
 
 # ------------------------------------------------------------------------------- conditioning fidelity

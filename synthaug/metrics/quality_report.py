@@ -195,6 +195,8 @@ class _Sets:
     real_labels: list[int | None]
     synth_labels: list[int | None]  # requested_label, else label
     train_labels: list[int | None]
+    synth_reports: list[str | None]  # the report a synthetic volume was drawn from, when its item names one
+    train_reports: list[str | None]
     synth_ids: list[str]
     train_ids: list[str]
 
@@ -321,6 +323,8 @@ def _load_sets(real_items: list, synthetic_items: list, train_items: list | None
         train_t=_stack(train) if train_given else real_t, real_labels=_labels(real_items, ("label",)),
         synth_labels=_labels(synthetic_items, ("requested_label", "label")),
         train_labels=_labels(train_items, ("label",)),
+        synth_reports=[item.get("report") for item in synthetic_items],
+        train_reports=[item.get("report") for item in train_items],
         synth_ids=_ids(synthetic_items, ("synthetic_id", "id"), key, "synthetic_"),
         train_ids=_ids(train_items, ("case_id", "id"), key, "train_"))
 
@@ -415,15 +419,21 @@ def _memorisation(f_synth: torch.Tensor, f_train: torch.Tensor, sets: _Sets, set
 
 
 def _class_by_training_case(sets: _Sets) -> dict[str, Any]:
-    """How often the nearest training volume has the volume's label, synthetic beside held-out real (chance)."""
+    """How often the nearest training volume has the volume's label, synthetic beside held-out real (chance).
+
+    A synthetic volume may not match the training case whose report it was drawn from (a near copy of that
+    case has its label whatever the generator does with the class)."""
     if not sets.train_given:
         return {"note": "skipped: needs the generator's training set (train_items) beside held-out real volumes"}
     if any(c is None for c in [*sets.synth_labels, *sets.real_labels, *sets.train_labels]):
         return {"note": "skipped: a synthetic, real or training item lacks its label"}
+    source = {report: i for i, report in enumerate(sets.train_reports) if report}
+    exclude = [source.get(report) if report else None for report in sets.synth_reports]
     return {"synthetic": quality.nearest_train_label_agreement(sets.synth_t, sets.synth_labels, sets.train_t,
-                                                               sets.train_labels),
+                                                               sets.train_labels, exclude=exclude),
             "held_out_real": quality.nearest_train_label_agreement(sets.real_t, sets.real_labels, sets.train_t,
-                                                                   sets.train_labels)}
+                                                                   sets.train_labels),
+            "report_source_excluded": sum(j is not None for j in exclude)}
 
 
 def _conditioning(predict: Callable[[torch.Tensor], Any] | None, sets: _Sets, batch_size: int) -> dict[str, Any]:
@@ -562,8 +572,10 @@ def render_report(metrics: Mapping, pairs: Sequence[Mapping], top: int = 10) -> 
     parts.append("\n![memorisation pairs](memorisation_pairs.png)\n")
     by_case = mem.get("class_by_training_case", {})
     if "synthetic" in by_case:
-        parts.append(f"\n**Class by training case.** The nearest training volume (voxel space) has the volume's "
-                     f"label for {_fmt(by_case['synthetic'], 3)} of the synthetic volumes and "
+        parts.append(f"\n**Class by training case.** The nearest training volume (voxel space; for the "
+                     f"{by_case['report_source_excluded']} synthetic volumes drawn from a training report, other than "
+                     f"that report's case) has the volume's label for {_fmt(by_case['synthetic'], 3)} of the "
+                     "synthetic volumes and "
                      f"{_fmt(by_case['held_out_real'], 3)} of the held-out real ones (chance: their anatomy does not "
                      "depend on their class). Far above chance, the generator draws a class as that class's "
                      "training cases, a difference a classifier trained on the volumes learns and real cases do "

@@ -12,10 +12,10 @@ requests (half per class, class from the report, the same seeds and reports for 
   generated volumes against the requested class, AUROC and balanced accuracy with bootstrap CIs;
 - FID and KID to the generator phantom's held-out (val + test) volumes in the judge's features (a distance that
   sees the anatomy the judge learnt; train vs held-out is the floor);
-- nearest-training label agreement: how often a volume's nearest training case of the generator (class-blind voxel
-  distance, `synthaug.metrics.nearest_train_label_agreement`) has the volume's requested label (the case whose report
-  the volume was drawn from excluded), beside the same figure for the held-out real volumes (chance: their anatomy does not depend on their class). Far above it, the
-  generator draws a class as "that class's training cases";
+- class by training case: how often a volume's nearest training case of the generator (class-blind voxel distance,
+  `synthaug.metrics.nearest_train_label_agreement`; the case whose report the volume was drawn from excluded) has
+  the volume's requested label, beside the same figure for the held-out real volumes (chance: their anatomy does
+  not depend on their class). Far above it, the generator draws a class as "that class's training cases";
 - CAS (with `--cas`): a tiny-cnn (seed 1) trained on the row's volumes only, AUROC on the judge draw's test
   split, beside the same classifier trained on as many real training cases.
 
@@ -150,22 +150,23 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         results.append(result)
         print(f"{describe(row)}: {result['unet_passes_per_volume']:.0f} passes, {result['volumes_per_s']:.2f} vol/s, "
               f"fidelity {fidelity.auroc['estimate']:.3f}, FID {result['fid_judge_features']:.2f}, "
-              f"nearest-training label agreement {result['nearest_train_label_agreement']:.3f}"
+              f"class by training case {result['nearest_train_label_agreement']:.3f}"
               + (f", CAS {result['cas']['auroc']['estimate']:.3f}" if args.cas else ""), flush=True)
 
     def ci(score: dict) -> str:
         return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
     header = ["steps", "class guidance", "guided t/T", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
-              "fidelity balanced acc.", "FID (judge features)", "KID", "nearest-training label agreement"] + (["CAS AUROC"] if args.cas else [])
+              "fidelity balanced acc.", "FID (judge features)", "KID", "class by training case",
+              *(["CAS AUROC"] if args.cas else [])]
     table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]),
               f"{r['unet_passes_per_volume']:.0f}", f"{r['volumes_per_s']:.2f}", ci(r["fidelity"]["auroc"]),
               ci(r["fidelity"]["balanced_accuracy"]), f"{r['fid_judge_features']:.2f}", f"{r['kid_judge_features']:.4f}",
               f"{r['nearest_train_label_agreement']:.3f}",
               *([ci(r["cas"]["auroc"])] if args.cas else [])] for r in results]
     print("\n".join(markdown_table(header, table)))
-    print(f"FID floor (real train vs held-out, judge features): {floor:.2f}; nearest-training label agreement of "
-          f"{len(held_out_items)} held-out real volumes: {nn_baseline:.3f}"
+    print(f"FID floor (real train vs held-out, judge features): {floor:.2f}; class by training case of "
+          f"{len(held_out_items)} held-out real volumes (chance): {nn_baseline:.3f}"
           + (f"; CAS of {len(real_n)} real cases: {ci(cas_real.auroc)}" if cas_real else ""))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_file = RESULTS / f"bench_guidance{args.tag}.json"
@@ -173,7 +174,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         "date": datetime.date.today().isoformat(), "work": str(args.work), "n": args.n, "judge": judge_name,
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_at_end": os.getloadavg()[0], "total_s": round(time.perf_counter() - started, 1),
-        "fid_floor": floor, "nearest_train_label_agreement_held_out": nn_baseline, "cas_real": cas_real.to_dict() if cas_real else None, "rows": results}, indent=2) + "\n")
+        "fid_floor": floor, "nearest_train_label_agreement_held_out": nn_baseline,
+        "cas_real": cas_real.to_dict() if cas_real else None, "rows": results}, indent=2) + "\n")
     print(f"wrote {out_file}")
 
 

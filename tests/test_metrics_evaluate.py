@@ -122,7 +122,7 @@ def test_class_by_training_case_compares_synthetic_with_held_out_real(tmp_path):
     by_case = metrics["memorisation"]["class_by_training_case"]
     assert by_case["synthetic"] == 1.0 and 0.0 <= by_case["held_out_real"] <= 1.0
     assert by_case["report_source_excluded"] == 1
-    assert dict(headline(metrics))["nearest training case has the label: synthetic / held-out real"].startswith("1 /")
+    assert dict(headline(metrics))["class by training case: synthetic / held-out real (chance)"].startswith("1 /")
     assert "**Class by training case.**" in (tmp_path / "out" / "report.md").read_text()
     without_train = evaluate_quality(held_out, synthetic, tmp_path / "out2", kid_subsets=5)
     assert "skipped" in without_train["memorisation"]["class_by_training_case"]["note"]

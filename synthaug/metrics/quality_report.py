@@ -515,7 +515,7 @@ def headline(metrics: Mapping) -> list[tuple[str, str]]:
     rows.append(("likely copies of training volumes", f"{mem['n_likely_copies']} of {mem['n_synthetic']}"))
     by_case = mem.get("class_by_training_case", {})
     if "synthetic" in by_case:
-        rows.append(("nearest training case has the label: synthetic / held-out real",
+        rows.append(("class by training case: synthetic / held-out real (chance)",
                      f"{_fmt(by_case['synthetic'], 3)} / {_fmt(by_case['held_out_real'], 3)}"))
     cond = metrics["conditioning"]
     if "accuracy" in cond:

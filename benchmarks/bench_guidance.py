@@ -15,7 +15,8 @@ requests (half per class, class from the report, the same seeds and reports for 
 - class by training case: how often a volume's nearest training case of the generator (class-blind voxel distance,
   `synthaug.metrics.nearest_train_label_agreement`; the case whose report the volume was drawn from excluded) has
   the volume's requested label, beside the same figure for the held-out real volumes (chance: their anatomy does
-  not depend on their class). Far above it, the generator draws a class as "that class's training cases";
+  not depend on their class). Far above it, the generator draws a class as "that class's training cases"; and
+  how many distinct training cases the row's volumes are nearest to (a few: they pile up on a few anatomies);
 - CAS (with `--cas`): a tiny-cnn (seed 1) trained on the row's volumes only, AUROC on the judge draw's test
   split, beside the same classifier trained on as many real training cases.
 
@@ -75,7 +76,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     from synthaug.markdown import markdown_table
     from synthaug.metrics.class_signal import score_link
     from synthaug.metrics.features import ClassifierFeatures
-    from synthaug.metrics.quality import fid, kid, nearest_train_label_agreement
+    from synthaug.metrics.quality import fid, kid, nearest_train_cases, nearest_train_label_agreement
 
     started = time.perf_counter()
     rows = parse_rows(args.rows)
@@ -133,6 +134,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             items = [{"image": str(write_volume(v, out.affine, Path(tmp) / f"v{i:04d}.nii.gz")), "label": label}
                      for i, (v, label) in enumerate(zip(out.volumes, labels))]
             synthetic = volumes(items)
+            exclude = [report_source.get(report) for report in reports]
             fidelity = score_link("fidelity", describe(row), judge_name, labels, judge(synthetic))
             synthetic_features = features.extract(synthetic)
             result = {**row, "setting": describe(row), "unet_passes_per_volume": int(passes) / args.n,
@@ -140,8 +142,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                       "fid_judge_features": fid(held_out, synthetic_features),
                       "kid_judge_features": kid(held_out, synthetic_features)["mean"],
                       "nearest_train_label_agreement": nearest_train_label_agreement(
-                          synthetic, labels, train_volumes, train_labels,
-                          exclude=[report_source.get(report) for report in reports])}
+                          synthetic, labels, train_volumes, train_labels, exclude=exclude),
+                      "distinct_nearest_train_cases": len(set(nearest_train_cases(synthetic, train_volumes,
+                                                                                  exclude=exclude).tolist()))}
             if args.cas:
                 predict = train_classifier(items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1,
                                            plan.crop)
@@ -150,19 +153,20 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         results.append(result)
         print(f"{describe(row)}: {result['unet_passes_per_volume']:.0f} passes, {result['volumes_per_s']:.2f} vol/s, "
               f"fidelity {fidelity.auroc['estimate']:.3f}, FID {result['fid_judge_features']:.2f}, "
-              f"class by training case {result['nearest_train_label_agreement']:.3f}"
+              f"class by training case {result['nearest_train_label_agreement']:.3f} "
+              f"({result['distinct_nearest_train_cases']} distinct nearest training cases)"
               + (f", CAS {result['cas']['auroc']['estimate']:.3f}" if args.cas else ""), flush=True)
 
     def ci(score: dict) -> str:
         return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
     header = ["steps", "class guidance", "guided t/T", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
-              "fidelity balanced acc.", "FID (judge features)", "KID", "class by training case",
+              "fidelity balanced acc.", "FID (judge features)", "KID", "class by training case", "distinct nearest cases",
               *(["CAS AUROC"] if args.cas else [])]
     table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]),
               f"{r['unet_passes_per_volume']:.0f}", f"{r['volumes_per_s']:.2f}", ci(r["fidelity"]["auroc"]),
               ci(r["fidelity"]["balanced_accuracy"]), f"{r['fid_judge_features']:.2f}", f"{r['kid_judge_features']:.4f}",
-              f"{r['nearest_train_label_agreement']:.3f}",
+              f"{r['nearest_train_label_agreement']:.3f}", str(r["distinct_nearest_train_cases"]),
               *([ci(r["cas"]["auroc"])] if args.cas else [])] for r in results]
     print("\n".join(markdown_table(header, table)))
     print(f"FID floor (real train vs held-out, judge features): {floor:.2f}; class by training case of "

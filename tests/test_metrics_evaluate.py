@@ -121,7 +121,7 @@ def test_class_by_training_case_compares_synthetic_with_held_out_real(tmp_path):
     metrics = evaluate_quality(held_out, synthetic, tmp_path / "out", train_items=train, kid_subsets=5)
     by_case = metrics["memorisation"]["class_by_training_case"]
     assert by_case["synthetic"] == 1.0 and 0.0 <= by_case["held_out_real"] <= 1.0
-    assert by_case["report_source_excluded"] == 1
+    assert by_case["report_source_excluded"] == 1 and by_case["synthetic_distinct_nearest"] == 6
     assert dict(headline(metrics))["class by training case: synthetic / held-out real (chance)"].startswith("1 /")
     assert "**Class by training case.**" in (tmp_path / "out" / "report.md").read_text()
     without_train = evaluate_quality(held_out, synthetic, tmp_path / "out2", kid_subsets=5)

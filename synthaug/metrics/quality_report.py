@@ -433,7 +433,9 @@ def _class_by_training_case(sets: _Sets) -> dict[str, Any]:
                                                                sets.train_labels, exclude=exclude),
             "held_out_real": quality.nearest_train_label_agreement(sets.real_t, sets.real_labels, sets.train_t,
                                                                    sets.train_labels),
-            "report_source_excluded": sum(j is not None for j in exclude)}
+            "report_source_excluded": sum(j is not None for j in exclude),
+            "synthetic_distinct_nearest": len(set(quality.nearest_train_cases(sets.synth_t, sets.train_t,
+                                                                              exclude=exclude).tolist()))}
 
 
 def _conditioning(predict: Callable[[torch.Tensor], Any] | None, sets: _Sets, batch_size: int) -> dict[str, Any]:
@@ -575,11 +577,12 @@ def render_report(metrics: Mapping, pairs: Sequence[Mapping], top: int = 10) -> 
         parts.append(f"\n**Class by training case.** The nearest training volume (voxel space; for the "
                      f"{by_case['report_source_excluded']} synthetic volumes drawn from a training report, other than "
                      f"that report's case) has the volume's label for {_fmt(by_case['synthetic'], 3)} of the "
-                     "synthetic volumes and "
-                     f"{_fmt(by_case['held_out_real'], 3)} of the held-out real ones (chance: their anatomy does not "
-                     "depend on their class). Far above chance, the generator draws a class as that class's "
+                     f"synthetic volumes (nearest to {by_case['synthetic_distinct_nearest']} distinct training "
+                     f"cases) and {_fmt(by_case['held_out_real'], 3)} of the held-out real ones (chance: their anatomy "
+                     "does not depend on their class). Far above chance, the generator draws a class as that class's "
                      "training cases, a difference a classifier trained on the volumes learns and real cases do "
-                     "not share.\n")
+                     "not share; a few distinct cases mean the volumes pile up on a few training anatomies, and "
+                     "then which ones decides the figure.\n")
     cond = metrics["conditioning"]
     parts.append("\n## Conditioning fidelity\n")
     if "accuracy" in cond:

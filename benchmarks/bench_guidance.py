@@ -17,8 +17,9 @@ requests (half per class, class from the report, the same seeds and reports for 
   the volume's requested label, beside the same figure for the held-out real volumes (chance: their anatomy does
   not depend on their class). Far above it, the generator draws a class as "that class's training cases"; and
   how many distinct training cases the row's volumes are nearest to (a few: they pile up on a few anatomies);
-- CAS (with `--cas`): a tiny-cnn (seed 1) trained on the row's volumes only, AUROC on the judge draw's test
-  split, beside the same classifier trained on as many real training cases.
+- CAS (with `--cas`): tiny-cnns (seeds 1..`--cas-seeds`) trained on the row's volumes only, AUROC on the judge
+  draw's val + test splits (cases no generator or CAS classifier saw), beside the same classifiers trained on as
+  many real training cases: the mean over seeds, its range, and the mean of the per-seed ratio synthetic / real.
 
 Prints the table and writes benchmarks/results/bench_guidance.json. One heavy process: run it alone.
 """
@@ -48,6 +49,11 @@ def parse_rows(text: str) -> list[dict]:
     return rows
 
 
+def spread(values: list[float]) -> str:
+    """``mean [min, max]`` of per-seed scores."""
+    return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
 def describe(row: dict) -> str:
     low, high = row["guidance_interval"]
     return f"{row['steps']} steps, class guidance {row['class_guidance']:g} on t/T in [{low:g}, {high:g}]"
@@ -60,6 +66,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     parser.add_argument("--rows", default=ROWS, help="steps/class-guidance/LOW:HIGH, comma-separated")
     parser.add_argument("--judge-epochs", type=int, default=20)
     parser.add_argument("--cas", action="store_true", help="also train a classifier on each row's volumes (CAS)")
+    parser.add_argument("--cas-seeds", type=int, default=3, help="CAS classifier seeds (1..K), averaged")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = parser.parse_args()
 
@@ -106,12 +113,17 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                                                 train_labels)
     real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:args.n]
     floor = fid(held_out, features.extract(volumes(real_n)))
-    cas_test = judge_manifest.items("test")
+    cas_test = judge_manifest.items("val") + judge_manifest.items("test")  # the judge's val only picks its epoch
     cas_x, cas_y = volumes(cas_test), [c["label"] for c in cas_test]
-    cas_real = None
-    if args.cas:
-        predict = train_classifier(real_n, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1, plan.crop)
-        cas_real = score_link("cas-real", f"real N={len(real_n)}", "tiny-cnn seed 1", cas_y, predict(cas_x))
+    cas_seeds = range(1, args.cas_seeds + 1)
+
+    def cas(items: list[dict], setting: str) -> list[float]:
+        """AUROC on the CAS test cases of a tiny-cnn trained on ``items``, one per CAS seed."""
+        return [score_link("cas", setting, f"tiny-cnn seed {seed}", cas_y, train_classifier(
+            items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, seed, plan.crop)(cas_x)).auroc["estimate"]
+                for seed in cas_seeds]
+
+    cas_real = cas(real_n, f"real N={len(real_n)}") if args.cas else None
 
     labels = [i % 2 for i in range(args.n)]
     results = []
@@ -146,32 +158,34 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                       "distinct_nearest_train_cases": len(set(nearest_train_cases(synthetic, train_volumes,
                                                                                   exclude=exclude).tolist()))}
             if args.cas:
-                predict = train_classifier(items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, 1,
-                                           plan.crop)
-                result["cas"] = score_link("cas", f"synthetic N={args.n}", "tiny-cnn seed 1", cas_y,
-                                           predict(cas_x)).to_dict()
+                per_seed = cas(items, f"synthetic N={args.n}")
+                result["cas"] = {"per_seed": per_seed, "mean": sum(per_seed) / len(per_seed),
+                                 "ratio_to_real": sum(s / r for s, r in zip(per_seed, cas_real)) / len(per_seed)}
         results.append(result)
         print(f"{describe(row)}: {result['unet_passes_per_volume']:.0f} passes, {result['volumes_per_s']:.2f} vol/s, "
               f"fidelity {fidelity.auroc['estimate']:.3f}, FID {result['fid_judge_features']:.2f}, "
               f"class by training case {result['nearest_train_label_agreement']:.3f} "
               f"({result['distinct_nearest_train_cases']} distinct nearest training cases)"
-              + (f", CAS {result['cas']['auroc']['estimate']:.3f}" if args.cas else ""), flush=True)
+              + (f", CAS {spread(result['cas']['per_seed'])}" if args.cas else ""), flush=True)
+
 
     def ci(score: dict) -> str:
         return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
     header = ["steps", "class guidance", "guided t/T", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
               "fidelity balanced acc.", "FID (judge features)", "KID", "class by training case", "distinct nearest cases",
-              *(["CAS AUROC"] if args.cas else [])]
+              *(["CAS AUROC, mean [range] over seeds", "CAS / real"] if args.cas else [])]
     table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]),
               f"{r['unet_passes_per_volume']:.0f}", f"{r['volumes_per_s']:.2f}", ci(r["fidelity"]["auroc"]),
               ci(r["fidelity"]["balanced_accuracy"]), f"{r['fid_judge_features']:.2f}", f"{r['kid_judge_features']:.4f}",
               f"{r['nearest_train_label_agreement']:.3f}", str(r["distinct_nearest_train_cases"]),
-              *([ci(r["cas"]["auroc"])] if args.cas else [])] for r in results]
+              *([spread(r["cas"]["per_seed"]), f"{r['cas']['ratio_to_real']:.2f}"] if args.cas else [])]
+             for r in results]
     print("\n".join(markdown_table(header, table)))
     print(f"FID floor (real train vs held-out, judge features): {floor:.2f}; class by training case of "
           f"{len(held_out_items)} held-out real volumes (chance): {nn_baseline:.3f}"
-          + (f"; CAS of {len(real_n)} real cases: {ci(cas_real.auroc)}" if cas_real else ""))
+          + (f"; CAS of {len(real_n)} real cases: {spread(cas_real)}; CAS tests on {len(cas_test)} judge-draw cases, "
+             f"classifier seeds {cas_seeds.start}-{cas_seeds.stop - 1}" if cas_real else ""))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out_file = RESULTS / f"bench_guidance{args.tag}.json"
     out_file.write_text(json.dumps({
@@ -179,7 +193,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "load_at_end": os.getloadavg()[0], "total_s": round(time.perf_counter() - started, 1),
         "fid_floor": floor, "nearest_train_label_agreement_held_out": nn_baseline,
-        "cas_real": cas_real.to_dict() if cas_real else None, "rows": results}, indent=2) + "\n")
+        "cas_real": {"per_seed": cas_real, "mean": sum(cas_real) / len(cas_real)} if cas_real else None,
+        "cas_test_cases": len(cas_test), "rows": results}, indent=2) + "\n")
     print(f"wrote {out_file}")
 
 

@@ -74,6 +74,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
 
     import torch
 
+    from classifiers.metrics import auroc
     from synthaug.apps.demo.run import DemoPlan
     from synthaug.apps.evaluate import train_classifier
     from synthaug.data.manifest import load_manifest
@@ -117,13 +118,12 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     cas_x, cas_y = volumes(cas_test), [c["label"] for c in cas_test]
     cas_seeds = range(1, args.cas_seeds + 1)
 
-    def cas(items: list[dict], setting: str) -> list[float]:
+    def cas(items: list[dict]) -> list[float]:
         """AUROC on the CAS test cases of a tiny-cnn trained on ``items``, one per CAS seed."""
-        return [score_link("cas", setting, f"tiny-cnn seed {seed}", cas_y, train_classifier(
-            items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, seed, plan.crop)(cas_x)).auroc["estimate"]
-                for seed in cas_seeds]
+        return [auroc(cas_y, train_classifier(items, manifest.items("val"), data, "tiny-cnn", args.judge_epochs, seed,
+                                              plan.crop)(cas_x).reshape(-1).tolist()) for seed in cas_seeds]
 
-    cas_real = cas(real_n, f"real N={len(real_n)}") if args.cas else None
+    cas_real = cas(real_n) if args.cas else None
 
     labels = [i % 2 for i in range(args.n)]
     results = []
@@ -158,7 +158,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
                       "distinct_nearest_train_cases": len(set(nearest_train_cases(synthetic, train_volumes,
                                                                                   exclude=exclude).tolist()))}
             if args.cas:
-                per_seed = cas(items, f"synthetic N={args.n}")
+                per_seed = cas(items)
                 result["cas"] = {"per_seed": per_seed, "mean": sum(per_seed) / len(per_seed),
                                  "ratio_to_real": sum(s / r for s, r in zip(per_seed, cas_real)) / len(per_seed)}
         results.append(result)
@@ -167,7 +167,6 @@ def main() -> None:  # noqa: PLR0915 - one straight script
               f"class by training case {result['nearest_train_label_agreement']:.3f} "
               f"({result['distinct_nearest_train_cases']} distinct nearest training cases)"
               + (f", CAS {spread(result['cas']['per_seed'])}" if args.cas else ""), flush=True)
-
 
     def ci(score: dict) -> str:
         return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"

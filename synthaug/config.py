@@ -354,7 +354,7 @@ class TrainConfig(_Section):
     lr_power: float = Field(2.0, ge=0.0)
     weight_decay: float = Field(1e-2, ge=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA; CPU: bf16 VAE, fp32 LDM
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: fp16 on CUDA; CPU: VAE bf16 where native, fp32 LDM
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)  # 0 = no EMA weights
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(10, ge=1)

@@ -30,7 +30,7 @@ from synthaug.config import CLASS_GUIDANCE
 from synthaug.data.io import centred_affine
 from synthaug.data.reports import template_report
 from synthaug.errors import InputError
-from synthaug.ldm.autoencoder import decode_latents, resolve_precision
+from synthaug.ldm.autoencoder import cpu_has_native_bf16, decode_latents, resolve_precision
 from synthaug.ldm.bundle import Bundle, load_bundle
 from synthaug.ldm.sampling import (
     Conditioning,
@@ -49,14 +49,6 @@ class Generated:
     affine: np.ndarray  # (4, 4)
     spacing: tuple[float, float, float]
     provenance: list[dict[str, Any]] = field(default_factory=list)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def generation_precision(precision: str, device: torch.device) -> str:

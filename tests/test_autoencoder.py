@@ -304,3 +304,14 @@ def test_a_patch_trained_autoencoder_reconstructs_the_phantom(small_phantom):
     round_trip = float((recon - held_out).abs().mean())
     constant = float((held_out - held_out.mean(dim=(1, 2, 3, 4), keepdim=True)).abs().mean())
     assert round_trip < 0.8 * constant, (round_trip, constant)
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    import synthaug.ldm.autoencoder as ae
+
+    monkeypatch.setattr(ae, "cpu_has_native_bf16", lambda: True)
+    assert ae.resolve_precision("auto", "cpu") is torch.bfloat16
+    assert ae.resolve_precision("auto", "cpu", cpu_auto="fp32") is None
+    monkeypatch.setattr(ae, "cpu_has_native_bf16", lambda: False)  # emulated bf16: over 100x slower
+    assert ae.resolve_precision("auto", "cpu") is None
+    assert ae.resolve_precision("bf16", "cpu") is torch.bfloat16  # asked for by name, still honoured

@@ -232,15 +232,25 @@ def build_perceptual_loss(cfg: AutoencoderConfig, fake_3d_ratio: float = PERCEPT
 # ----------------------------------------------------------------------------------------- training
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, device: torch.device | str, cpu_auto: str = "bf16") -> torch.dtype | None:
     """Autocast dtype for ``precision`` on ``device``: None (fp32), bf16 or fp16.
 
-    ``auto``: fp16 on CUDA; on CPU ``cpu_auto`` (bf16 for the VAE, ~2.3x faster here; the LDM passes
-    fp32 because bf16 was not faster for it, see benchmarks/bench_train.py).
+    ``auto``: fp16 on CUDA; on CPU ``cpu_auto`` (bf16 for the VAE, ~2.3x faster on a CPU with native bf16;
+    the LDM passes fp32 because bf16 was not faster for it, see benchmarks/bench_train.py), but fp32 on a
+    CPU without native bf16, where emulated bf16 made a tiny VAE step over 100x slower (0.55 s -> > 60 s
+    on an AVX2-only EPYC, 2026-12-01).
     """
     device_type = torch.device(device).type
     if precision == "auto":
-        precision = "fp16" if device_type == "cuda" else cpu_auto
+        precision = ("fp16" if device_type == "cuda" else cpu_auto if cpu_has_native_bf16() else "fp32")
     if precision == "fp32":
         return None
     if precision == "bf16":

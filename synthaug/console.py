@@ -1,11 +1,20 @@
 """What the CLI user sees: rich progress bars (each drives a ``synthaug.progress.Progress``) and the tables
-of ``synthaug data check``."""
+of ``synthaug data check``.
+
+On a console that is not interactive (output to a file or a pipe: a cluster job's log, CI), rich's live bars
+print nothing until the display closes, and then one line per bar cut to 80 columns ("ldm ━━ 9… 0… eta 0…");
+there the same callbacks print plain lines instead (``ProgressLines``): one when a stage starts, at most one
+every ``LINE_INTERVAL_S`` seconds, and one when it ends.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 from collections.abc import Callable, Iterator
+from time import monotonic
 
+from rich import get_console
 from rich import progress as rich_progress
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,10 +24,55 @@ from synthaug.data.check import DatasetSummary
 from synthaug.data.manifest import SPLITS
 from synthaug.progress import Progress
 
+LINE_INTERVAL_S = 30.0
+
+
+def _plain(console: Console) -> bool:
+    """Print lines, not live bars: output to a file or a pipe (a notebook keeps rich's own display)."""
+    return not console.is_interactive and not console.is_jupyter
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+class ProgressLines:
+    """Plain progress lines for a console that is not interactive: ``stage: done/total elapsed eta ETA logs``,
+    printed on a stage's first update, at most every ``interval_s`` seconds after, and when it is done."""
+
+    def __init__(self, console: Console, interval_s: float = LINE_INTERVAL_S) -> None:
+        self.console, self.interval_s = console, interval_s
+        self.started: dict[str, tuple[float, int]] = {}  # stage -> (time, done) of its first update
+        self.printed: dict[str, float] = {}
+        self.finished: set[str] = set()
+
+    def __call__(self, stage: str, done: int, total: int | None, shown: str = "") -> None:
+        now = monotonic()
+        start, done_at_start = self.started.setdefault(stage, (now, done))  # a resumed stage starts above 0
+        complete = total is not None and done >= total
+        due = stage not in self.printed or now - self.printed[stage] >= self.interval_s
+        if stage in self.finished or not (complete or due):
+            return
+        self.printed[stage] = now
+        if complete:
+            self.finished.add(stage)
+        elapsed = now - start
+        rate_known = total is not None and done_at_start < done < total
+        eta = f" eta {_clock(elapsed / (done - done_at_start) * (total - done))}" if rate_known else ""
+        count = f"{done}/{total}" if total is not None else str(done)
+        line = f"{stage}: {count} {_clock(elapsed)}{eta}{'  ' + shown if shown else ''}"
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
 
 @contextlib.contextmanager
 def progress_bar(description: str, console: Console | None = None) -> Iterator[Callable[[int, int], None]]:
-    """Yield a ``(done, total)`` callback that drives a rich progress bar with ETA."""
+    """Yield a ``(done, total)`` callback that drives a rich progress bar with ETA (plain lines when the
+    console is not interactive)."""
+    console = console or get_console()
+    if _plain(console):
+        lines = ProgressLines(console)
+        yield lambda done, total: lines(description, done, total)
+        return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with rich_progress.Progress(*columns, console=console, transient=False) as progress:
@@ -32,7 +86,13 @@ def progress_bar(description: str, console: Console | None = None) -> Iterator[C
 
 @contextlib.contextmanager
 def stage_progress(console: Console | None = None) -> Iterator[Progress]:
-    """Yield a ``(stage, done, total, logs)`` callback: one bar per stage, with loss and it/s when given."""
+    """Yield a ``(stage, done, total, logs)`` callback: one bar per stage, with loss and it/s when given
+    (plain lines when the console is not interactive)."""
+    console = console or get_console()
+    if _plain(console):
+        lines = ProgressLines(console)
+        yield lambda stage, done, total, logs: lines(stage, done, total, _shown(logs))
+        return
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[logs]}"))
     with rich_progress.Progress(*columns, console=console) as progress:
@@ -41,10 +101,14 @@ def stage_progress(console: Console | None = None) -> Iterator[Progress]:
         def update(stage: str, done: int, total: int, logs: dict) -> None:
             if stage not in tasks:
                 tasks[stage] = progress.add_task(stage, total=total, logs="")
-            shown = "  ".join(f"{k} {logs[k]:.4g}" for k in ("loss", "l1", "mse", "focal", "it_s") if k in logs)
-            progress.update(tasks[stage], completed=done, total=total, logs=shown)
+            progress.update(tasks[stage], completed=done, total=total, logs=_shown(logs))
 
         yield update
+
+
+def _shown(logs: dict) -> str:
+    """The training logs a progress display shows: loss terms and it/s."""
+    return "  ".join(f"{k} {logs[k]:.4g}" for k in ("loss", "l1", "mse", "focal", "it_s") if k in logs)
 
 
 def _labels(summary: DatasetSummary) -> list[int]:

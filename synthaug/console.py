@@ -46,10 +46,10 @@ class ProgressLines:
         self.printed: dict[str, float] = {}
         self.finished: set[str] = set()
 
-    def __call__(self, stage: str, done: int, total: int | None, shown: str = "") -> None:
+    def __call__(self, stage: str, done: int, total: int, shown: str = "") -> None:
         now = monotonic()
         start, done_at_start = self.started.setdefault(stage, (now, done))  # a resumed stage starts above 0
-        complete = total is not None and done >= total
+        complete = done >= total
         due = stage not in self.printed or now - self.printed[stage] >= self.interval_s
         if stage in self.finished or not (complete or due):
             return
@@ -57,10 +57,9 @@ class ProgressLines:
         if complete:
             self.finished.add(stage)
         elapsed = now - start
-        rate_known = total is not None and done_at_start < done < total
+        rate_known = done_at_start < done < total
         eta = f" eta {_clock(elapsed / (done - done_at_start) * (total - done))}" if rate_known else ""
-        count = f"{done}/{total}" if total is not None else str(done)
-        line = f"{stage}: {count} {_clock(elapsed)}{eta}{'  ' + shown if shown else ''}"
+        line = f"{stage}: {done}/{total} {_clock(elapsed)}{eta}{'  ' + shown if shown else ''}"
         self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 

@@ -1,11 +1,13 @@
 """Where on the chain to guide, how hard, how many steps: class fidelity, distance and CAS against U-Net passes.
 
-    python benchmarks/bench_guidance.py --work WORK [--n 96] [--rows 30/4/0:1,8/8/0.5:1,...]
+    python benchmarks/bench_guidance.py --work WORK [--n 96] [--rows 30/4/0:1,8/8/0.5:1,6/12/0.5:1/empty/label,...]
 
 WORK is a `bench_class_signal.py` work folder (its `bundle`, the generator's `phantom` and the separate
 `judge_phantom` draw). For each row, flow steps / class guidance / guidance interval (`sample.guidance_interval`,
-the t/T range where guidance applies; other steps make one plain pass), the script generates the same `--n`
-requests (half per class, class from the report, the same seeds and reports for every row) and measures:
+the t/T range where guidance applies; other steps make one plain pass) and, optionally, the report source
+(`sample.report_source`: `train` by default, `template` or `empty`) and the class source (`sample.class_source`:
+`report` by default, or `label`; with empty reports only `label` carries the class), the script generates the same
+`--n` requests (half per class, the same seeds and, per report source, the same reports for every row) and measures:
 
 - U-Net passes per volume (counted at the U-Net) and volumes/s (decoding included; the generator's batch);
 - fidelity: the judge (tiny-cnn seed 0 on the judge draw's train split, as in `bench_class_signal.py`) on the
@@ -42,10 +44,12 @@ ROWS = "30/4/0:1,8/4/0:1,8/4/0.5:1,8/4/0:0.5,8/8/0.5:1,8/12/0.5:1,8/16/0.5:1,8/2
 def parse_rows(text: str) -> list[dict]:
     rows = []
     for part in text.split(","):
-        steps, guidance, interval = part.split("/")
+        steps, guidance, interval, *sources = part.split("/")
         low, high = interval.split(":")
-        rows.append({"steps": int(steps), "class_guidance": float(guidance),
-                     "guidance_interval": (float(low), float(high))})
+        report_source = sources[0] if sources else "train"
+        class_source = sources[1] if len(sources) > 1 else "report"
+        rows.append({"steps": int(steps), "class_guidance": float(guidance), "guidance_interval": (float(low), float(high)),
+                     "report_source": report_source, "class_source": class_source})
     return rows
 
 
@@ -56,14 +60,15 @@ def spread(values: list[float]) -> str:
 
 def describe(row: dict) -> str:
     low, high = row["guidance_interval"]
-    return f"{row['steps']} steps, class guidance {row['class_guidance']:g} on t/T in [{low:g}, {high:g}]"
+    return (f"{row['steps']} steps, class guidance {row['class_guidance']:g} on t/T in [{low:g}, {high:g}], "
+            f"{row['report_source']} reports, class from the {row['class_source']}")
 
 
 def main() -> None:  # noqa: PLR0915 - one straight script
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a bench_class_signal.py work folder")
     parser.add_argument("--n", type=int, default=96, help="volumes per row, half per class")
-    parser.add_argument("--rows", default=ROWS, help="steps/class-guidance/LOW:HIGH, comma-separated")
+    parser.add_argument("--rows", default=ROWS, help="steps/class-guidance/LOW:HIGH[/REPORT-SOURCE[/CLASS-SOURCE]], comma-separated")
     parser.add_argument("--judge-epochs", type=int, default=20)
     parser.add_argument("--cas", action="store_true", help="also train a classifier on each row's volumes (CAS)")
     parser.add_argument("--cas-seeds", type=int, default=3, help="CAS classifier seeds (1..K), averaged")
@@ -109,7 +114,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     held_out = features.extract(held_out_volumes)
     generator_train = [c for c in manifest.items("train") if c["case_id"] in bundle.train_case_ids]
     train_volumes, train_labels = volumes(generator_train), [c["label"] for c in generator_train]
-    report_source = {c["report"]: i for i, c in enumerate(generator_train) if c.get("report")}
+    report_case = {c["report"]: i for i, c in enumerate(generator_train) if c.get("report")}
     nn_baseline = nearest_train_label_agreement(held_out_volumes, [c["label"] for c in held_out_items], train_volumes,
                                                 train_labels)
     real_n = sorted(manifest.items("train"), key=lambda c: c["case_id"])[:args.n]
@@ -146,7 +151,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             items = [{"image": str(write_volume(v, out.affine, Path(tmp) / f"v{i:04d}.nii.gz")), "label": label}
                      for i, (v, label) in enumerate(zip(out.volumes, labels))]
             synthetic = volumes(items)
-            exclude = [report_source.get(report) for report in reports]
+            exclude = [report_case.get(report) for report in reports]
             fidelity = score_link("fidelity", describe(row), judge_name, labels, judge(synthetic))
             synthetic_features = features.extract(synthetic)
             result = {**row, "setting": describe(row), "unet_passes_per_volume": int(passes) / args.n,
@@ -171,10 +176,10 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     def ci(score: dict) -> str:
         return f"{score['estimate']:.3f} [{score['low']:.3f}, {score['high']:.3f}]"
 
-    header = ["steps", "class guidance", "guided t/T", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
+    header = ["steps", "class guidance", "guided t/T", "reports", "class from", "U-Net passes / volume", "volumes/s", "fidelity AUROC",
               "fidelity balanced acc.", "FID (judge features)", "KID", "class by training case", "distinct nearest cases",
               *(["CAS AUROC, mean [range] over seeds", "CAS / real"] if args.cas else [])]
-    table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]),
+    table = [[str(r["steps"]), f"{r['class_guidance']:g}", "{:g}-{:g}".format(*r["guidance_interval"]), r["report_source"], r["class_source"],
               f"{r['unet_passes_per_volume']:.0f}", f"{r['volumes_per_s']:.2f}", ci(r["fidelity"]["auroc"]),
               ci(r["fidelity"]["balanced_accuracy"]), f"{r['fid_judge_features']:.2f}", f"{r['kid_judge_features']:.4f}",
               f"{r['nearest_train_label_agreement']:.3f}", str(r["distinct_nearest_train_cases"]),

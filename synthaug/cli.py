@@ -186,9 +186,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
                        overwrite=args.overwrite, progress=update)
     _print_rows(console, "synthaug generate", [
         ("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
-        ("sampler", _sampler_line(generator.settings())), ("bundle", generator.fingerprint[:16]),
-        ("written to", str(args.out))])
+        ("sampler", _sampler_line(generator.settings())), ("class input", _class_input_line(generator, args.out)),
+        ("bundle", generator.fingerprint[:16]), ("written to", str(args.out))])
     return 0
+
+
+def _class_input_line(generator, out: Path) -> str:
+    """What the U-Net's class input was; from the report, how often the adapter read the requested class."""
+    if generator.class_source == "label":
+        return "the requested label"
+    import json
+
+    rows = [json.loads(line) for line in (Path(out) / "provenance.jsonl").read_text(encoding="utf-8").splitlines()]
+    agree = sum(r["predicted_label"] == r["label"] for r in rows)
+    line = f"read from the report by the adapter: the requested class for {agree} of {len(rows)}"
+    return line if agree == len(rows) else line + " (the others follow their report; --class-source label follows --label)"
 
 
 def _real_class_counts(manifest: Path | None, balance: Any) -> dict[int, int] | None:
@@ -387,7 +399,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: the requested one")
     p.add_argument("--report-source", choices=["train", "template", "empty"],
-                   help="where reports come from when none is given (default: train)")
+                   help="where reports come from when none is given (default: train); template and empty need "
+                        "--class-source label")
 
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:

@@ -301,6 +301,17 @@ class SampleConfig(_Section):
                              f"[{low:g}, {high:g}]")
         return v
 
+    @model_validator(mode="after")
+    def _made_up_reports_need_the_label(self) -> SampleConfig:
+        # With class_source "report" the class is the adapter's reading of the report. An empty report names no
+        # class, and the adapter reads template reports unlike its training reports (P(class 1) 0.15 for class-1
+        # templates on the benchmark-budget generator; benchmarks/README.md): the requested class would be lost.
+        if self.report_source != "train" and self.class_source == "report":
+            raise ValueError(f"report_source {self.report_source!r} needs class_source 'label' (the adapter cannot "
+                             f"read the requested class from {self.report_source} reports): add --class-source label, "
+                             "or use training reports")
+        return self
+
     def with_options(self, **options: Any) -> SampleConfig:
         """A copy with the options that are not None, validated like a config file (one place for every check)."""
         given = {k: v for k, v in options.items() if v is not None}

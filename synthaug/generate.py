@@ -208,7 +208,7 @@ class CCELLAGenerator:
         pool = sorted({c["report"] for c in self.bundle.train_cases if c["label"] == label and c["report"]})
         if not pool:
             raise InputError(f"the bundle has no non-empty training report of class {label}",
-                             where=str(self.bundle.path), fix="use report_source 'template' or 'empty'")
+                             where=str(self.bundle.path), fix="use report_source 'template' or 'empty' with class_source 'label'")
         return pool[int(rng.integers(len(pool)))]
 
     # ------------------------------------------------------------ generation

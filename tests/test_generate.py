@@ -305,11 +305,20 @@ def test_class_source_label_feeds_the_requested_class(small_bundle):
 
 
 def test_report_sources(small_bundle):
-    template = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1, report_source="template")
-    empty = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1, report_source="empty")
+    template = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1, report_source="template",
+                                           class_source="label")
+    empty = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=1, report_source="empty",
+                                        class_source="label")
     assert "PI-RADS" in template.choose_report(1, seed=0)
     assert template.choose_report(1, seed=0) == template.choose_report(1, seed=0)
     assert empty.generate([1], seeds=[0]).provenance[0]["report"] == ""
+
+
+@pytest.mark.parametrize("source", ["template", "empty"])
+def test_made_up_reports_refuse_the_class_from_the_report(small_bundle, source):
+    # the adapter's reading of an empty or template report is not the requested class: it would be lost silently
+    with pytest.raises(InputError, match=f"report_source '{source}' needs class_source 'label'"):
+        CCELLAGenerator.from_bundle(small_bundle, report_source=source)
 
 
 def test_bad_requests_are_one_clear_error(generator, small_bundle):
@@ -357,11 +366,14 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
     volume = read_volume(out / rows[0]["file"])
     assert volume.array.shape == (32, 32, 16) and np.allclose(np.diag(volume.affine)[:3], [3.0, 3.0, 6.0])
     assert (out / "montage.png").read_bytes()[:4] == b"\x89PNG"
+    agree = sum(r["predicted_label"] == r["label"] for r in rows)  # the class from the report: how often it is asked for
+    assert f"the requested class for {agree} of 3" in " ".join(done.stdout.split())
 
     for args, match in ((["--label", "3"], "--label"), (["--steps", "0"], "steps"), (["--guidance", "-1"], "guidance"),
                         (["--class-guidance", "-1"], "--class-guidance"), (["--class-guidance", "nan"], "--class-guidance"),
                         (["--sampler", "flow"], "cannot sample"), (["--guidance-interval", "0.8:0.2"], "guidance_interval"),
-                        (["--guidance-interval", "half"], "--guidance-interval")):
+                        (["--guidance-interval", "half"], "--guidance-interval"),
+                        (["--report-source", "empty"], "needs class_source 'label'")):
         done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", *args)
         assert_one_line_error(done, match)
         assert not (tmp_path / "bad").exists()
@@ -372,6 +384,9 @@ def test_cli_generate_writes_volumes_provenance_and_montage(small_bundle, tmp_pa
     assert json.loads((tmp_path / "cg" / "provenance.jsonl").read_text())["class_guidance"] == 2.0
     shown = " ".join(done.stdout.split())
     assert "class guidance 2.0 on t/T in" in shown and "[0.5, 1]" in shown  # the default interval
+    done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "cl", "--n", "1",
+                      "--steps", "1", "--class-source", "label", "--report-source", "empty")
+    assert done.returncode == 0 and "the requested label" in " ".join(done.stdout.split())
     done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "gi", "--n", "1",
                       "--steps", "1", "--guidance-interval", "0:1")
     assert json.loads((tmp_path / "gi" / "provenance.jsonl").read_text())["guidance_interval"] == [0.0, 1.0]

@@ -181,23 +181,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     console = _console()
     with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
                       console) as update:
-        export_volumes(generator, labels, args.out, seeds=range(args.seed, args.seed + args.n),
-                       reports=[args.report] * args.n if args.report is not None else None,
-                       overwrite=args.overwrite, progress=update)
+        provenance = export_volumes(generator, labels, args.out, seeds=range(args.seed, args.seed + args.n),
+                                    reports=[args.report] * args.n if args.report is not None else None,
+                                    overwrite=args.overwrite, progress=update)
     _print_rows(console, "synthaug generate", [
         ("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
-        ("sampler", _sampler_line(generator.settings())), ("class input", _class_input_line(generator, args.out)),
+        ("sampler", _sampler_line(generator.settings())), ("class input", _class_input_line(generator, provenance)),
         ("bundle", generator.fingerprint[:16]), ("written to", str(args.out))])
     return 0
 
 
-def _class_input_line(generator, out: Path) -> str:
+def _class_input_line(generator, rows: Sequence[dict]) -> str:
     """What the U-Net's class input was; from the report, how often the adapter read the requested class."""
     if generator.class_source == "label":
         return "the requested label"
-    import json
-
-    rows = [json.loads(line) for line in (Path(out) / "provenance.jsonl").read_text(encoding="utf-8").splitlines()]
     agree = sum(r["predicted_label"] == r["label"] for r in rows)
     line = f"read from the report by the adapter: the requested class for {agree} of {len(rows)}"
     return line if agree == len(rows) else line + " (the others follow their report; --class-source label follows --label)"

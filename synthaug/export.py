@@ -25,13 +25,14 @@ MONTAGE_VOLUMES = 8  # the montage shows the first few volumes
 
 def export_volumes(generator: CCELLAGenerator, labels: Sequence[int], out: str | os.PathLike[str], *,
                    seeds: Sequence[int], reports: Sequence[str] | None = None, overwrite: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> Path:
+                   progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Generate one volume per label (volume i from ``seeds[i]``) and write them to ``out``:
     ``synthetic_00000_label0.nii.gz`` ... (T2W; with several sequences ``..._adc.nii.gz`` and ``..._hbv.nii.gz``
     beside it), ``provenance.jsonl`` (one line per volume) and ``montage.png``.
 
     An existing non-empty ``out`` is refused unless ``overwrite``; the folder is written beside it and
-    renamed into place, so an interrupted run leaves the old folder (or none) behind.
+    renamed into place, so an interrupted run leaves the old folder (or none) behind. Returns the volumes'
+    provenance records.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -47,7 +48,7 @@ def export_volumes(generator: CCELLAGenerator, labels: Sequence[int], out: str |
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return out
+    return result.provenance
 
 
 def _write_folder(result: Generated, folder: Path, modalities: list[str]) -> None:

@@ -249,8 +249,8 @@ class CCELLAGenerator:
         total = len(labels) * self.sampler.steps
         for start in range(0, len(labels), self.batch_size):
             part = slice(start, start + self.batch_size)
-            done = start * self.sampler.steps
-            step_progress = (lambda i, n, d=done: progress(d + i, total)) if progress else None
+            done, size = start * self.sampler.steps, len(labels[part])  # a step advances every volume of the batch
+            step_progress = (lambda i, n, d=done, b=size: progress(d + i * b, total)) if progress else None
             batch, probs = self._generate_batch(labels[part], list(reports[part]), seeds[part], step_progress)
             volumes.append(batch)
             for label, report, seed, source, p in zip(labels[part], reports[part], seeds[part], sources[part], probs):

@@ -314,6 +314,13 @@ def test_report_sources(small_bundle):
     assert empty.generate([1], seeds=[0]).provenance[0]["report"] == ""
 
 
+def test_generation_progress_counts_every_volume_of_a_batch(small_bundle):
+    generator = CCELLAGenerator.from_bundle(small_bundle, sampler="ddim", steps=2, batch_size=2)
+    seen = []
+    generator.generate([0, 1, 0], seeds=[0, 1, 2], progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 6), (4, 6), (5, 6), (6, 6)]  # volume-steps: a batch of 2, then a batch of 1
+
+
 @pytest.mark.parametrize("source", ["template", "empty"])
 def test_made_up_reports_refuse_the_class_from_the_report(small_bundle, source):
     # the adapter's reading of an empty or template report is not the requested class: it would be lost silently

@@ -95,6 +95,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     rows = parse_rows(args.rows)
     plan = DemoPlan()
     bundle = load_bundle(args.work / "bundle")  # loaded and verified once; every row's generator shares it
+    for row in rows:  # a row the library refuses stops the run here, not after the judge's training
+        bundle.config.sample.with_options(**row)
     data = bundle.config.data
     manifest = load_manifest(args.work / "phantom" / "manifest.jsonl")
     judge_manifest = load_manifest(args.work / "judge_phantom" / "manifest.jsonl")

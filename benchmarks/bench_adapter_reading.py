@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 from _record import write_record
@@ -41,15 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     load = os.getloadavg()[0]
 
-    import numpy as np
-
     from synthaug.data.manifest import load_manifest
-    from synthaug.data.reports import render_report, template_findings
     from synthaug.generate import CCELLAGenerator
     from synthaug.markdown import markdown_table
 
     generator = CCELLAGenerator.from_bundle(args.work / "bundle")
-    rule = generator.bundle.config.data.label_rule
     manifest = load_manifest(args.work / "phantom" / "manifest.jsonl")
     held_out = [c for c in manifest.items("val") + manifest.items("test") if c["report"]]
     groups: dict[str, list[tuple[int, str]]] = {
@@ -60,10 +57,10 @@ def main() -> None:
     }
     for label in (0, 1):
         for seed in range(args.templates):
-            rng = np.random.default_rng([seed, label, 0x5EED])  # as CCELLAGenerator.choose_report draws them
-            findings = template_findings(label, rng, rule)
-            name = f"template reports, PI-RADS {findings.lesions[0].pirads}" if label else "template reports"
-            groups.setdefault(name, []).append((label, render_report(findings, rng, varied=True)))
+            report = generator.choose_report(label, seed, "template")  # what --report-source template asks with
+            score = re.search(r"PI-RADS (\d)", report).group(1)  # a class-1 template names one lesion, one score
+            name = f"template reports, PI-RADS {score}" if label else "template reports"
+            groups.setdefault(name, []).append((label, report))
 
     rows, table = [], []
     for name, pairs in groups.items():

@@ -11,7 +11,7 @@ it) and its accuracy at 0.5:
 - template reports (`synthaug.data.reports.template_report`, what `--report-source template` writes), per
   PI-RADS score for class 1;
 - the empty report (`--report-source empty`);
-- a few short reports as a user might type them (``SHORT`` below).
+- twelve short reports as a user might type them, six per class (``SHORT`` below).
 
 Prints the table and writes benchmarks/results/bench_adapter_reading.json. Light: seconds on 2 cores.
 """
@@ -29,8 +29,16 @@ RESULTS = Path(__file__).parent / "results"
 SHORT = [  # (label under the phantom's rule, PI-RADS >= 3 is class 1; report)
     (0, "Findings: No focal lesion. PI-RADS 1."),
     (0, "Impression: PI-RADS 2. No suspicious lesion."),
+    (0, "Normal prostate. PI-RADS 1."),
+    (0, "Benign prostatic hyperplasia of the transition zone, no focal abnormality. Overall PI-RADS 2."),
+    (0, "PI-RADS 2: diffuse mild T2 hypointensity in the peripheral zone, likely prostatitis."),
+    (0, "Impression: PI-RADS category 1."),
     (1, "PI-RADS 5. 20 mm lesion in the left peripheral zone."),
     (1, "Impression: PI-RADS 4 lesion in the right mid peripheral zone, marked restricted diffusion (DWI score 4)."),
+    (1, "Equivocal 8 mm focus in the left apex, PI-RADS 3."),
+    (1, "PI-RADS 4. Lesion right base."),
+    (1, "Impression: PI-RADS category 3 lesion in the anterior transition zone."),
+    (1, "Large lesion with extraprostatic extension, PI-RADS 5."),
 ]
 
 

@@ -84,6 +84,8 @@ def test_class_slot_defaults_and_the_reference_preset():
     assert (tiny.p_label, tiny.p_null, tiny.focal_weight) == (0.5, 0.1, 1e-2)  # teacher forcing, a learning head
     assert (reference.p_label, reference.p_null, reference.focal_weight) == (0.0, 0.0, 1e-4)  # the reference
     assert PRESETS["reference"]["loss"]["p_label"] == PRESETS["reference"]["loss"]["p_null"] == 0.0  # explicit
+    assert (tiny.report_variants, reference.report_variants) == (8, 0)  # the reference's head reads full reports
+    assert PRESETS["reference"]["loss"]["report_variants"] == 0
     assert load_config(overrides=["loss.p_label=0.9", "loss.p_null=0.1"]).loss.p_label == 0.9  # a sum of 1 is fine
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -14,8 +16,10 @@ from synthaug.ldm.model import CCELLALDM
 from synthaug.ldm.train import train_generator
 from tests.helpers import SMALL, small_config, torch_threads
 
-# Teacher forcing and the null class are drawn per case of the global batch, like the noise and text dropout.
-STEPS = ["train.steps=4", "train.batch_size=4", "train.log_every=2", "loss.p_label=0.5", "loss.p_null=0.25"]
+# Teacher forcing, the null class and the class head's report variants are drawn per case of the global batch,
+# like the noise and text dropout.
+STEPS = ["train.steps=4", "train.batch_size=4", "train.log_every=2", "loss.p_label=0.5", "loss.p_null=0.25",
+         "loss.report_variants=2"]
 
 
 def test_two_gloo_processes_train_the_parameters_one_process_does(small_phantom, tmp_path):
@@ -40,6 +44,10 @@ def test_two_gloo_processes_train_the_parameters_one_process_does(small_phantom,
     assert info["training"]["ldm_steps"] == 4
     log = (tmp_path / "ddp.work" / "ldm_log.jsonl").read_text().splitlines()
     assert len(log) == 3  # rank 0 alone writes the log: step 0, 2, 4
+    single_log = (tmp_path / "single.work" / "ldm_log.jsonl").read_text().splitlines()
+    for ddp_line, single_line in zip(log[1:], single_log[1:]):  # the global batch's losses, variants included
+        ddp_step, single_step = json.loads(ddp_line), json.loads(single_line)
+        assert ddp_step["focal_variants"] == pytest.approx(single_step["focal_variants"], rel=1e-4)
 
 
 FIT_SCRIPT = """

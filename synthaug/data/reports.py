@@ -309,13 +309,13 @@ def render_report(findings: Findings, rng: np.random.Generator | None = None, va
 
 
 _IMPRESSION = re.compile(r"(?:IMPRESSION|Impression|CONCLUSION):(.*)\Z", re.S)
-_PIRADS = re.compile(r"PI-RADS(?: category)? ([1-5])")
+PIRADS_SCORE = re.compile(r"PI-RADS(?: category)? ([1-5])")
 
 
 def parse_overall_pirads(report: str) -> int | None:
     """The overall PI-RADS stated in a report's impression (``None`` if it states none)."""
     match = _IMPRESSION.search(report)
-    scores = [int(s) for s in _PIRADS.findall(match.group(1) if match else report)]
+    scores = [int(s) for s in PIRADS_SCORE.findall(match.group(1) if match else report)]
     return max(scores) if scores else None
 
 

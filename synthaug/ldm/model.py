@@ -114,17 +114,24 @@ def joint_loss(
     """
     distance = F.l1_loss if cfg.diffusion_loss == "l1" else F.mse_loss
     denoising = distance(noise_pred.float(), target.float())
+    keep = ~text_isnull.to(device=class_logits.device, dtype=torch.bool)
+    focal = focal_term(class_logits, labels, keep, cfg, focal_denominator)
+    loss = denoising + cfg.focal_weight * focal
+    values = torch.stack([loss, denoising, focal, keep.sum().to(loss.dtype)]).detach().tolist()  # one device sync
+    return loss, dict(zip(("loss", cfg.diffusion_loss, "focal", "focal_cases"), values))
+
+
+def focal_term(class_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, cfg: LossConfig,
+               denominator: torch.Tensor | None = None) -> torch.Tensor:
+    """The class head's focal loss (``joint_loss``) summed over the cases where ``keep`` (B,) is True, divided by
+    their count (or by ``denominator``); 0 where none is kept."""
     focal_fn = FocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha, use_softmax=True, reduction="none")
     onehot = F.one_hot(labels.long(), NUM_CLASSES).float()  # (B, 2)
     if cfg.reference_focal_scaling:
         onehot = onehot * REFERENCE_FOCAL_SCALE
     per_case = focal_fn(class_logits.float(), onehot).mean(dim=1)  # (B,)
-    keep = ~text_isnull.to(device=per_case.device, dtype=torch.bool)
-    denominator = keep.sum().clamp(min=1) if focal_denominator is None else focal_denominator.to(per_case)
-    focal = torch.where(keep, per_case, torch.zeros_like(per_case)).sum() / denominator
-    loss = denoising + cfg.focal_weight * focal
-    values = torch.stack([loss, denoising, focal, keep.sum().to(loss.dtype)]).detach().tolist()  # one device sync
-    return loss, dict(zip(("loss", cfg.diffusion_loss, "focal", "focal_cases"), values))
+    denominator = keep.sum().clamp(min=1) if denominator is None else denominator.to(per_case)
+    return torch.where(keep, per_case, torch.zeros_like(per_case)).sum() / denominator
 
 
 def text_dropout(

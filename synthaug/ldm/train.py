@@ -6,8 +6,8 @@ Stages (each cached in the work folder, so a re-run or ``resume=True`` repeats n
 1. the manifest's train split is preprocessed (``synthaug.data.transforms``);
 2. the 3D VAE is trained (or loaded from ``autoencoder=``), the cases are encoded once to latents and
    the scale factor is 1/std over all of them;
-3. reports (the train split's, and the val split's for the logged class accuracy) are encoded once by
-   the frozen text encoder (``synthaug.text``);
+3. reports (the train split's, their shorter variants if ``loss.report_variants``, and the val split's for
+   the logged class accuracy) are encoded once by the frozen text encoder (``synthaug.text``);
 4. the LDM (adapter + U-Net) trains on the cached latents with the joint loss: AdamW, polynomial
    decay, gradient clipping, autocast, EMA, text dropout, teacher forcing of the U-Net's class slot;
    ``ldm_log.jsonl`` logs the losses and the adapter's val class accuracy; checkpoints every N steps and on
@@ -52,7 +52,7 @@ from synthaug.ldm.autoencoder import (
     train_autoencoder,
 )
 from synthaug.ldm.bundle import AUTOENCODER_FILE, read_bundle_info, save_bundle
-from synthaug.ldm.model import CCELLALDM, class_slot, joint_loss, text_dropout
+from synthaug.ldm.model import CCELLALDM, class_slot, focal_term, joint_loss, text_dropout
 from synthaug.ldm.objective import training_scheduler, training_target, training_timesteps
 from synthaug.progress import Progress
 
@@ -193,18 +193,45 @@ def prepare_latents(model: torch.nn.Module, volumes: torch.Tensor, work: Path, a
 # ---------------------------------------------------------------- stage 2: text
 
 
+@dataclass
+class ReportVariants:
+    """Shorter versions of the training reports that the class head also learns from (``loss.report_variants``)."""
+
+    text: Any  # TextBatch (M, T, D) of every variant
+    index: torch.Tensor  # (N, K) long: row in ``text`` of case i's k-th variant; -1 where its report has none
+
+
+def variant_texts(reports: Sequence[str], k: int, seed: int) -> tuple[list[str], torch.Tensor]:
+    """``k`` variants per report (``synthaug.data.report_variants``), drawn from ``seed``: (the variants in
+    order, the (N, K) index of each case's variants in that list, -1 where the report names no PI-RADS)."""
+    from synthaug.data.report_variants import report_variants
+
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    index = torch.full((len(reports), k), -1, dtype=torch.long)
+    for i, report in enumerate(reports):
+        variants = report_variants(report, k, rng)
+        if variants:
+            index[i] = torch.arange(len(texts), len(texts) + k)
+            texts.extend(variants)
+    return texts, index
+
+
 def prepare_text(encoder, reports: list[str], work: Path, progress: Progress | None,
-                 val_reports: Sequence[str] = ()):
-    """Encode the training reports, the empty report and any validation reports once with ``encoder``;
-    returns (train TextBatch, empty-report TextBatch, validation TextBatch or None)."""
+                 val_reports: Sequence[str] = (), variants: int = 0, seed: int = 0):
+    """Encode the training reports, the empty report, any validation reports and ``variants`` variants of each
+    training report (drawn from ``seed``) once with ``encoder``; returns (train TextBatch, empty-report
+    TextBatch, validation TextBatch or None, ReportVariants or None)."""
     from synthaug.text.store import EmbeddingStore
 
     store = EmbeddingStore(work / "text", encoder)
     report = (lambda done, total: progress("text", done, total, {})) if progress else None
-    store.precompute([*reports, "", *val_reports], progress=report)
+    shorter, index = variant_texts(reports, variants, seed) if variants else ([], None)
+    store.precompute([*reports, "", *val_reports, *shorter], progress=report)
     batch = store.get(reports)  # (N, T, D), padded to the longest report
     null = store.get([""])
-    return batch, null, store.get(list(val_reports)) if val_reports else None
+    return (batch, null, store.get(list(val_reports)) if val_reports else None,
+            ReportVariants(store.get(shorter), index) if shorter else None)
 
 
 def validation_reports(manifest: Manifest) -> tuple[list[str], torch.Tensor]:
@@ -289,8 +316,9 @@ class LDMTrainer:
 
     def __init__(self, cfg: SynthaugConfig, latents: torch.Tensor, labels: torch.Tensor, text, null,
                  device: torch.device, run_key: str, work: Path, dist: Dist | None = None,
-                 val: tuple | None = None) -> None:
-        """``val``: (TextBatch, labels (M,)) of validation reports for the logged class accuracy, or None."""
+                 val: tuple | None = None, variants: ReportVariants | None = None) -> None:
+        """``val``: (TextBatch, labels (M,)) of validation reports for the logged class accuracy, or None;
+        ``variants``: shorter training reports for the class head (``loss.report_variants``), or None."""
         self.cfg = cfg
         self.device = device
         self.dist = dist or Dist()
@@ -299,6 +327,7 @@ class LDMTrainer:
                               where="train.batch_size", fix=f"use a multiple of {self.dist.world} (the global batch)")
         self.latents, self.labels = latents, labels  # (N, C, d, h, w) scaled, (N,)
         self.text, self.null = text, null
+        self.variants = variants
         self.val = val if val is not None and len(val[1]) else None
         self.run_key = run_key
         self.checkpoints = work / "checkpoints"
@@ -412,13 +441,17 @@ class LDMTrainer:
                                           cfg.loss.text_dropout, generator=g)
         labels = self.labels[idx]
         class_probs, given = class_slot(labels, cfg.loss.p_label, cfg.loss.p_null, generator=g)  # None, None: no draw
-        focal_denominator = None
+        variant = self.variant_rows(idx)  # (B,) rows of self.variants.text, -1 = none; None (no draw) without them
+        focal_denominator = variant_denominator = None
         if self.dist.active:  # every draw above is for the global batch (the same on every rank); keep our share
             focal_denominator = isnull.logical_not().sum().clamp(min=1).float() / self.dist.world
             part = self.dist.local_slice(len(idx))
             x_t, t, target, text, mask, isnull, labels = (v[part] for v in (x_t, t, target, text, mask, isnull, labels))
             if given is not None:
                 class_probs, given = class_probs[part], given[part]
+            if variant is not None:
+                variant_denominator = variant.ge(0).sum().clamp(min=1).float() / self.dist.world
+                variant = variant[part]
         dev = self.device
         slot = {} if given is None else {"class_probs": class_probs.to(dev), "given": given.to(dev)}
         self.model.train()
@@ -427,6 +460,10 @@ class LDMTrainer:
                                         self.spacing.expand(len(t), 3).to(dev), **slot)
             loss, logs = joint_loss(pred, target.to(dev), logits, labels.to(dev), isnull.to(dev), cfg.loss,
                                     focal_denominator=focal_denominator)
+            if variant is not None:
+                focal = self.variant_focal(variant, t, labels, variant_denominator)
+                loss = loss + cfg.loss.focal_weight * focal
+                logs["loss"], logs["focal_variants"] = float(loss.detach()), float(focal.detach())
         if not math.isfinite(logs["loss"]):
             raise SynthaugError(f"LDM loss is not finite at step {self.step + 1}", where="LDM training",
                                 fix="lower train.lr or use train.precision fp32")
@@ -448,9 +485,27 @@ class LDMTrainer:
         self.step += 1
         if self.dist.active:  # the log shows the global batch's losses
             keys = ("loss", self.cfg.loss.diffusion_loss, "focal")
+            keys += ("focal_variants",) if "focal_variants" in logs else ()
             averaged = self.dist.all_mean(torch.tensor([logs[k] for k in keys], dtype=torch.float64)).tolist()
             logs.update(zip(keys, averaged))
         return {**logs, "grad_norm": float(grad_norm), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def variant_rows(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """One of each case's report variants, drawn from the training generator: (B,) rows of
+        ``self.variants.text``, -1 where a report has none; None, drawing nothing, without variants."""
+        if self.variants is None:
+            return None
+        pick = torch.randint(0, self.variants.index.shape[1], (len(idx),), generator=self.generator)
+        return self.variants.index[idx, pick]
+
+    def variant_focal(self, rows: torch.Tensor, t: torch.Tensor, labels: torch.Tensor,
+                      denominator: torch.Tensor | None) -> torch.Tensor:
+        """The class head's focal loss on the report variants ``rows`` (B,) at the cases' timesteps, over the
+        cases that have one. The adapter is called on its own: the U-Net never sees a variant."""
+        dev, text = self.device, self.variants.text
+        _, logits = self.model.adapter(text.features[rows.clamp(min=0)].to(dev), text.mask[rows.clamp(min=0)].to(dev),
+                                       t.to(dev))
+        return focal_term(logits, labels.to(dev), rows.ge(0).to(dev), self.cfg.loss, denominator)
 
     def run(self, progress: Progress | None = None) -> list[dict]:
         """Train up to ``cfg.train.steps``, checkpointing every ``checkpoint_every`` steps and on a stop signal.
@@ -567,6 +622,7 @@ class _Encoded:
     text: Any  # TextBatch of the train reports
     null: Any  # TextBatch of the empty report
     val: tuple | None  # (TextBatch, labels (M,)) of the validation reports, or None
+    variants: ReportVariants | None  # shorter training reports for the class head, or None
 
 
 def _check_request(out: Path, cfg: SynthaugConfig, overwrite: bool) -> None:
@@ -627,11 +683,12 @@ def _encode_training_set(inputs: _Inputs, cfg: SynthaugConfig, work: Path, *, de
         del volumes
         reports = [c.report for c in cases]
         val_reports, val_labels = validation_reports(inputs.manifest)
-        text, null, val_text = prepare_text(inputs.encoder, reports, work, progress, val_reports)
+        text, null, val_text, variants = prepare_text(inputs.encoder, reports, work, progress, val_reports,
+                                                      variants=cfg.loss.report_variants, seed=cfg.train.seed)
     scale = scale_factor(latents)
     labels = torch.tensor([c.label for c in cases])
     return _Encoded(vae, ae_hash, latents, scale, labels, text, null,
-                    val=(val_text, val_labels) if val_text is not None else None)
+                    val=(val_text, val_labels) if val_text is not None else None, variants=variants)
 
 
 def _train_ldm(inputs: _Inputs, encoded: _Encoded, cfg: SynthaugConfig, work: Path, *, device: torch.device,
@@ -641,7 +698,7 @@ def _train_ldm(inputs: _Inputs, encoded: _Encoded, cfg: SynthaugConfig, work: Pa
     run_key = _hash(inputs.key, encoded.ae_hash, inputs.encoder.fingerprint,
                     {k: v for k, v in cfg.to_dict().items() if k not in ("phantom", "sample", "preset")})
     trainer = LDMTrainer(cfg, encoded.latents * encoded.scale, encoded.labels, encoded.text, encoded.null, device,
-                         run_key, work, dist, val=encoded.val)
+                         run_key, work, dist, val=encoded.val, variants=encoded.variants)
     if resume and ckpt.has_checkpoint(trainer.checkpoints):  # else the run was stopped before the LDM stage began
         trainer.restore()
     return trainer, trainer.run(progress)

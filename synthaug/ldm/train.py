@@ -463,7 +463,7 @@ class LDMTrainer:
             if variant is not None:
                 focal = self.variant_focal(variant, t, labels, variant_denominator)
                 loss = loss + cfg.loss.focal_weight * focal
-                logs["loss"], logs["focal_variants"] = float(loss.detach()), float(focal.detach())
+                logs["loss"], logs["focal_variants"] = torch.stack([loss, focal]).detach().tolist()  # one sync
         if not math.isfinite(logs["loss"]):
             raise SynthaugError(f"LDM loss is not finite at step {self.step + 1}", where="LDM training",
                                 fix="lower train.lr or use train.precision fp32")

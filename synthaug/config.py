@@ -304,8 +304,10 @@ class SampleConfig(_Section):
     @model_validator(mode="after")
     def _made_up_reports_need_the_label(self) -> SampleConfig:
         # With class_source "report" the class is the adapter's reading of the report. An empty report names no
-        # class, and the adapter reads template reports unlike its training reports (P(class 1) 0.15 for class-1
-        # templates on the benchmark-budget generator; benchmarks/README.md): the requested class would be lost.
+        # class, and without loss.report_variants the adapter reads template reports unlike its training reports
+        # (P(class 1) 0.15 for class-1 templates on the benchmark-budget generator; benchmarks/README.md): the
+        # requested class would be lost. With report variants it reads 47 of 48 class-1 templates right, but the
+        # refusal stays: bundles trained without variants still misread them.
         if self.report_source != "train" and self.class_source == "report":
             raise ValueError(f"report_source {self.report_source!r} needs class_source 'label' (the adapter cannot "
                              f"read the requested class from {self.report_source} reports): add --class-source label, "

@@ -396,8 +396,8 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-source", choices=["report", "label"],
                    help="report: the adapter predicts the class from the report (default); label: the requested one")
     p.add_argument("--report-source", choices=["train", "template", "empty"],
-                   help="where reports come from when none is given (default: train); template and empty need "
-                        "--class-source label")
+                   help="where reports come from when none is given (default: train); empty needs --class-source "
+                        "label, and so does template with a bundle trained with loss.report_variants 0")
 
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:

@@ -247,6 +247,27 @@ class DiffusionConfig(_Section):
 CLASS_GUIDANCE = 12.0
 
 
+def made_up_report_problem(report_source: str, class_source: str, report_variants: int | None) -> str | None:
+    """Why the requested class would be lost with these report and class sources, or None (one owner of the rule).
+
+    With class_source "report" the class is the adapter's reading of the report. An empty report names no class:
+    always refused. A template report states its PI-RADS score, which the class head reads when it was trained
+    with ``loss.report_variants`` (47 of 48 class-1 templates right, fidelity 0.985 on the benchmark-budget
+    generator) and misreads without them (P(class 1) 0.15 for class-1 templates; benchmarks/README.md), so it is
+    refused for ``report_variants`` 0 (None: not known yet, decided where the bundle's loss settings are).
+    """
+    if class_source != "report" or report_source == "train":
+        return None
+    if report_source == "empty":
+        return ("report_source 'empty' needs class_source 'label' (an empty report names no class for the adapter "
+                "to read): add --class-source label, or use training or template reports")
+    if report_variants == 0:
+        return ("report_source 'template' with class_source 'report' needs a bundle trained with loss.report_variants "
+                "> 0 (this one's class head misreads template reports): add --class-source label, or use training "
+                "reports")
+    return None
+
+
 class SampleConfig(_Section):
     """Generation defaults (``synthaug generate`` / ``CCELLAGenerator``); each can be overridden per call."""
 
@@ -303,15 +324,9 @@ class SampleConfig(_Section):
 
     @model_validator(mode="after")
     def _made_up_reports_need_the_label(self) -> SampleConfig:
-        # With class_source "report" the class is the adapter's reading of the report. An empty report names no
-        # class, and without loss.report_variants the adapter reads template reports unlike its training reports
-        # (P(class 1) 0.15 for class-1 templates on the benchmark-budget generator; benchmarks/README.md): the
-        # requested class would be lost. With report variants it reads 47 of 48 class-1 templates right, but the
-        # refusal stays: bundles trained without variants still misread them.
-        if self.report_source != "train" and self.class_source == "report":
-            raise ValueError(f"report_source {self.report_source!r} needs class_source 'label' (the adapter cannot "
-                             f"read the requested class from {self.report_source} reports): add --class-source label, "
-                             "or use training reports")
+        problem = made_up_report_problem(self.report_source, self.class_source, report_variants=None)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def with_options(self, **options: Any) -> SampleConfig:
@@ -399,6 +414,14 @@ class SynthaugConfig(_Section):
     def _known_preset(self) -> SynthaugConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        return self
+
+    @model_validator(mode="after")
+    def _template_reports_need_report_variants(self) -> SynthaugConfig:
+        problem = made_up_report_problem(self.sample.report_source, self.sample.class_source,
+                                         self.loss.report_variants)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthaug.config import CLASS_GUIDANCE
+from synthaug.config import CLASS_GUIDANCE, made_up_report_problem
 from synthaug.data.io import centred_affine
 from synthaug.data.reports import template_report
 from synthaug.errors import InputError
@@ -100,6 +100,9 @@ class CCELLAGenerator:
         self.class_source = settings.class_source
         self.report_source = settings.report_source
         self.batch_size = int(settings.batch_size)
+        problem = made_up_report_problem(self.report_source, self.class_source, bundle.config.loss.report_variants)
+        if problem:
+            raise InputError(problem, where="report_source")
         if self.class_guidance != 1.0 and bundle.config.loss.p_null == 0.0:
             raise InputError(f"class guidance {self.class_guidance:g} needs a bundle trained with a null class; this "
                              "one has loss.p_null 0", where="class_guidance",

@@ -70,6 +70,9 @@ def test_parse_override_nests_keys_and_parses_values():
         (["sample.class_guidance=-1"], ["sample.class_guidance", "greater than or equal to 0"]),
         (["sample.class_guidance=.inf"], ["sample.class_guidance", "finite"]),
         (["sample.class_guidance=2", "loss.p_null=0"], ["sample.class_guidance 2 needs loss.p_null > 0"]),
+        (["sample.report_source=empty"], ["report_source 'empty' needs class_source 'label'"]),
+        (["sample.report_source=template", "loss.report_variants=0"],
+         ["needs a bundle trained with loss.report_variants > 0", "--class-source label"]),
     ],
 )
 def test_bad_settings_name_the_field(overrides, words):
@@ -87,6 +90,10 @@ def test_class_slot_defaults_and_the_reference_preset():
     assert (tiny.report_variants, reference.report_variants) == (8, 0)  # the reference's head reads full reports
     assert PRESETS["reference"]["loss"]["report_variants"] == 0
     assert load_config(overrides=["loss.p_label=0.9", "loss.p_null=0.1"]).loss.p_label == 0.9  # a sum of 1 is fine
+    # template reports with the class from the report: fine once the class head learns from report variants
+    assert load_config(overrides=["sample.report_source=template"]).sample.class_source == "report"
+    assert load_config(overrides=["sample.report_source=template", "sample.class_source=label",
+                                  "loss.report_variants=0"]).sample.report_source == "template"
 
 
 def test_cli_refuses_bad_class_slot_settings_in_one_line():

@@ -321,11 +321,32 @@ def test_generation_progress_counts_every_volume_of_a_batch(small_bundle):
     assert seen == [(2, 6), (4, 6), (5, 6), (6, 6)]  # volume-steps: a batch of 2, then a batch of 1
 
 
-@pytest.mark.parametrize("source", ["template", "empty"])
-def test_made_up_reports_refuse_the_class_from_the_report(small_bundle, source):
-    # the adapter's reading of an empty or template report is not the requested class: it would be lost silently
-    with pytest.raises(InputError, match=f"report_source '{source}' needs class_source 'label'"):
-        CCELLAGenerator.from_bundle(small_bundle, report_source=source)
+def test_made_up_reports_refuse_the_class_from_the_report_where_it_would_be_lost(small_bundle, tmp_path):
+    from dataclasses import replace
+
+    # the adapter's reading of an empty report names no class: the requested class would be lost silently
+    with pytest.raises(InputError, match="report_source 'empty' needs class_source 'label'"):
+        CCELLAGenerator.from_bundle(small_bundle, report_source="empty")
+    # a template states its PI-RADS score: read by a class head trained with report variants (the default) ...
+    bundle = load_bundle(small_bundle)
+    assert bundle.config.loss.report_variants > 0
+    template = CCELLAGenerator(bundle, sampler="ddim", steps=1, report_source="template")
+    assert template.class_source == "report" and "PI-RADS" in template.choose_report(1, seed=0)
+    # ... refused for one trained without them, and for bundles written before the setting (trained without)
+    loss = bundle.config.loss.model_copy(update={"report_variants": 0})
+    without = replace(bundle, config=bundle.config.model_copy(update={"loss": loss}))
+    with pytest.raises(InputError, match="needs a bundle trained with loss.report_variants > 0") as err:
+        CCELLAGenerator(without, report_source="template")
+    assert err.value.where == "report_source" and "--class-source label" in err.value.message
+    CCELLAGenerator(without, sampler="ddim", steps=1, report_source="template", class_source="label")  # fine
+    old = tmp_path / "old"
+    shutil.copytree(small_bundle, old)
+    document = json.loads((old / CONFIG_FILE).read_text())
+    del document["config"]["loss"]["report_variants"]
+    (old / CONFIG_FILE).write_text(json.dumps(document))
+    assert load_bundle(old, verify=False).config.loss.report_variants == 0
+    with pytest.raises(InputError, match="report_variants > 0"):
+        CCELLAGenerator.from_bundle(old, verify=False, report_source="template")
 
 
 def test_bad_requests_are_one_clear_error(generator, small_bundle):

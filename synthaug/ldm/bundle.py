@@ -179,10 +179,11 @@ def read_train_cases(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def config_of(document: dict[str, Any]) -> dict[str, Any]:
     """The ``config`` of a bundle's ``config.json``; settings added since it was written take the values that
-    reproduce how it was trained (bundles before the class-slot settings: no teacher forcing, no null class)."""
+    reproduce how it was trained (bundles before the class-slot settings: no teacher forcing, no null class;
+    before report variants: none)."""
     config = dict(document["config"])
     if isinstance(config.get("loss"), dict):
-        config["loss"] = {"p_label": 0.0, "p_null": 0.0, **config["loss"]}
+        config["loss"] = {"p_label": 0.0, "p_null": 0.0, "report_variants": 0, **config["loss"]}
     if isinstance(config.get("sample"), dict):  # and they sampled without class guidance
         config["sample"] = {"class_guidance": 1.0, **config["sample"]}
     return config

@@ -42,6 +42,8 @@ VARIANTS: dict[str, list[str]] = {
     "patches 32x32x16, lr 1e-3 (the tiny preset)": [*PATCHES, "autoencoder.lr=1e-3"],
     "patches, lr 1e-3 + edge 1": [*PATCHES, "autoencoder.lr=1e-3", "autoencoder.edge_weight=1.0"],
     "patches, lr 2e-3 + edge 1": [*PATCHES, "autoencoder.lr=2e-3", "autoencoder.edge_weight=1.0"],
+    "patches, lr 1e-3 + 8 latent ch.": [*PATCHES, "autoencoder.lr=1e-3", "autoencoder.latent_channels=8"],
+    "patches, lr 1e-3, 2x downsampling": [*PATCHES, "autoencoder.lr=1e-3", "autoencoder.channels=[16,32]"],
     "patches, batch 8, lr 1e-3 + edge 1": [*PATCHES, "autoencoder.lr=1e-3", "autoencoder.edge_weight=1.0",
                                            "autoencoder.batch_size=8"],
 }

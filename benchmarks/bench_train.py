@@ -3,6 +3,7 @@ the wall time of `synthaug train --preset tiny` on the 200-case phantom.
 
     python benchmarks/bench_train.py                 # step times only (~2 min)
     python benchmarks/bench_train.py --full          # plus the whole training run (~10-15 min on 2 cores)
+    python benchmarks/bench_train.py --set autoencoder.channels=[16,32] --kinds ldm   # another model's step
 
 Each measurement runs in its own process so that its peak RSS is its own. Prints a table and writes
 benchmarks/results/bench_train.json. Timings need a quiet machine: other processes on the same cores
@@ -25,15 +26,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def _step_times(kind: str, precision: str, steps: int, warmup: int) -> dict:
-    """Runs inside a child process: time `steps` optimiser steps of the tiny VAE or LDM."""
+def _step_times(kind: str, precision: str, steps: int, warmup: int, overrides: tuple[str, ...] = ()) -> dict:
+    """Runs inside a child process: time `steps` optimiser steps of the tiny VAE or LDM (with ``overrides``)."""
     import torch
 
     from synthaug.config import load_config
-    from synthaug.ldm.autoencoder import autoencoder_loss, build_autoencoder
+    from synthaug.ldm.autoencoder import autoencoder_loss, build_autoencoder, downsample_factor
     from synthaug.ldm.model import CCELLALDM, joint_loss
 
-    cfg = load_config(preset="tiny")
+    cfg = load_config(preset="tiny", overrides=list(overrides))
     batch = cfg.autoencoder.batch_size if kind == "vae" else cfg.train.batch_size
     g = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if precision == "bf16" else None
@@ -47,7 +48,7 @@ def _step_times(kind: str, precision: str, steps: int, warmup: int) -> dict:
             return autoencoder_loss(recon, x, z_mu, z_sigma, cfg.autoencoder)[0]
     else:
         model = CCELLALDM.from_config(cfg, text_dim=384)
-        latent = [s // 4 for s in cfg.data.image_shape]
+        latent = [s // downsample_factor(cfg.autoencoder) for s in cfg.data.image_shape]
         x = torch.randn((batch, cfg.autoencoder.latent_channels, *latent), generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
         text = torch.randn((batch, cfg.text.max_tokens, 384), generator=g)
@@ -71,15 +72,15 @@ def _step_times(kind: str, precision: str, steps: int, warmup: int) -> dict:
         if i >= warmup:
             times.append(time.perf_counter() - start)
     times.sort()
-    return {"kind": kind, "precision": precision, "batch": batch, "steps": steps,
+    return {"kind": kind, "precision": precision, "batch": batch, "steps": steps, "latent": latent if kind == "ldm" else None,
             "median_s": times[len(times) // 2], "min_s": times[0],
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def _child(kind: str, precision: str, steps: int, warmup: int) -> dict:
+def _child(kind: str, precision: str, steps: int, warmup: int, overrides: tuple[str, ...] = ()) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_train; "
-            f"print(json.dumps(bench_train._step_times({kind!r}, {precision!r}, {steps}, {warmup})))")
+            f"print(json.dumps(bench_train._step_times({kind!r}, {precision!r}, {steps}, {warmup}, {overrides!r})))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -102,6 +103,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="also time `synthaug train --preset tiny` (slow)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override over the tiny preset for every step row (not for --full)")
+    parser.add_argument("--kinds", nargs="+", default=["vae", "ldm"], choices=["vae", "ldm"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_train.json")
     args = parser.parse_args()
 
@@ -109,15 +114,18 @@ def main() -> None:
     from rich.table import Table
 
     load_before = os.getloadavg()[0]
-    rows = [_child(kind, precision, args.steps, args.warmup) for kind in ("vae", "ldm") for precision in ("fp32", "bf16")]
-    table = Table(title=f"Tiny-preset training step (batch 4), {os.cpu_count()} cores, load {load_before:.1f}")
+    overrides = tuple(args.set)
+    rows = [_child(kind, precision, args.steps, args.warmup, overrides)
+            for kind in args.kinds for precision in args.precisions]
+    table = Table(title=f"Tiny-preset training step (batch 4){' with ' + ' '.join(overrides) if overrides else ''}, "
+                        f"{os.cpu_count()} cores, load {load_before:.1f}")
     for col in ("model", "precision", "params (M)", "median s/step", "min s/step", "peak RSS (GiB)"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["kind"], r["precision"], f"{r['params_m']:.2f}", f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
                       f"{r['peak_rss_gib']:.2f}")
     result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-              "date": time.strftime("%Y-%m-%d"), "load_before": load_before, "steps": rows}
+              "date": time.strftime("%Y-%m-%d"), "load_before": load_before, "overrides": list(overrides), "steps": rows}
     console = Console()
     console.print(table)
     if args.full:

@@ -1,5 +1,5 @@
 """CPU speed of this tree against a git revision, side by side: VAE and LDM training steps, generation
-volumes/s (the default sampler, decoding included) and the whole `synthaug demo --quick`.
+volumes/s (the default sampler, decoding included), a classifier epoch and the whole `synthaug demo --quick`.
 
     python benchmarks/bench_speed.py --baseline a1f4c45            # the commit before the speed work
     python benchmarks/bench_speed.py --baseline HEAD~3 --reps 3 --skip-demo
@@ -10,8 +10,10 @@ alternates between the trees (A B, then B A, ...) so that machine noise hits bot
 the median over repetitions. The training steps are the real `train_generator` path on the demo's
 geometry (48x48x32, tiny preset, flow, the demo's VAE patches), timed step by step from its progress
 callback; generation uses the bundle that run wrote, with the bundle's default sampler, steps and batch
-size, after one warm-up batch. Prints a table with ratios (baseline / this tree: > 1 is faster here)
-and writes benchmarks/results/bench_speed.json. Needs an idle machine: the script prints the load.
+size, after one warm-up batch; the classifier epoch is the median epoch of a `classifiers.fit` with the demo
+sweep's model, crop, batch and lr on the phantom's train split (240 items an epoch; loading, augmentation and
+validation included). Prints a table with ratios (baseline / this tree: > 1 is faster here) and writes
+benchmarks/results/bench_speed.json. Needs an idle machine: the script prints the load.
 """
 
 from __future__ import annotations
@@ -67,7 +69,29 @@ def measure(tree: str, phantom: str, work: str, steps: int, warmup: int, volumes
     generator.generate(labels)
     seconds = time.perf_counter() - start
     return {"vae_step_s": step_s["autoencoder"], "ldm_step_s": step_s["ldm"], "generation_vol_s": volumes / seconds,
+            "classifier_epoch_s": _classifier_epoch_s(Path(phantom) / "manifest.jsonl", cfg.data, plan),
             "sampler": generator.settings(), "batch_size": generator.batch_size, "threads": torch.get_num_threads()}
+
+
+def _classifier_epoch_s(manifest_path: Path, data, plan, epochs: int = 8, samples: int = 240) -> float:
+    """The median epoch of a classifier fit with the demo sweep's settings (its model, crop, batch and lr on the
+    phantom's train split, ``samples`` items an epoch, validation on val), after two warm-up epochs: seconds,
+    loading, augmentation and the optimiser included."""
+    from monai.data import Dataset
+
+    from classifiers import FitConfig, build_model, fit
+    from synthaug.data.manifest import load_manifest
+    from synthaug.data.volume_store import VolumeStore
+
+    manifest = load_manifest(manifest_path)
+    load = VolumeStore(data, plan.crop)
+    net = build_model(plan.model, in_channels=len(data.modalities), num_classes=2, seed=0)
+    stamps: list[float] = []
+    fit(net, Dataset(manifest.items("train"), transform=load), Dataset(manifest.items("val"), transform=load),
+        FitConfig(epochs=epochs, seed=0, patience=None, device="cpu", lr=plan.lr, batch_size=plan.batch_size,
+                  samples_per_epoch=samples), on_epoch=lambda epoch, val: stamps.append(time.perf_counter()),
+        progress=False)
+    return statistics.median(b - a for a, b in zip(stamps[1:], stamps[2:]))
 
 
 def _run_child(tree: Path, args: argparse.Namespace, phantom: Path, work: Path) -> dict:
@@ -149,7 +173,8 @@ def main() -> None:
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
     metrics = [("vae_step_s", "VAE train step (s)", False), ("ldm_step_s", "LDM train step (s)", False),
-               ("generation_vol_s", "generation (volumes/s)", True)]
+               ("generation_vol_s", "generation (volumes/s)", True),
+               ("classifier_epoch_s", "classifier epoch, 240 items, the demo sweep's settings (s)", False)]
     if not args.skip_demo:
         metrics.append(("demo_quick_s", "`synthaug demo --quick` (s)", False))
     summary = {}

@@ -349,7 +349,9 @@ def _prepare(model: nn.Module, train_ds, val_ds, config: FitConfig) -> _Run:
     shard = EpochShardSampler(len(items), config.samples_per_epoch, config.seed, rank, world) if world > 1 else None
     train_loader = _loader(items, config, True, generator, sampler=shard)
     val_loader = _loader(_Items(val_ds, config), config, False, None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused: the same AdamW update in one kernel; the default per-tensor loop was 8% of a demo sweep fit on 2 cores
+    # (benchmarks/README.md, bench_speed.py). torch >= 2.4 has it on CPU and CUDA.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.epochs * len(train_loader),
                                                       power=config.lr_power)
     return _Run(device, rank, trained, shard, train_loader, val_loader, optimizer, scheduler)

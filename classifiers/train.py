@@ -349,8 +349,8 @@ def _prepare(model: nn.Module, train_ds, val_ds, config: FitConfig) -> _Run:
     shard = EpochShardSampler(len(items), config.samples_per_epoch, config.seed, rank, world) if world > 1 else None
     train_loader = _loader(items, config, True, generator, sampler=shard)
     val_loader = _loader(_Items(val_ds, config), config, False, None)
-    # fused: the same AdamW update in one kernel; the default per-tensor loop was 8% of a demo sweep fit on 2 cores
-    # (benchmarks/README.md, bench_speed.py). torch >= 2.4 has it on CPU and CUDA.
+    # fused: the same AdamW update in one kernel instead of a loop over tensors, as for the VAE and LDM (a tiny-cnn
+    # classifier epoch 1.22x, the demo's sweep 2%; benchmarks/README.md, bench_speed.py). CPU and CUDA, torch >= 2.4.
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.epochs * len(train_loader),
                                                       power=config.lr_power)

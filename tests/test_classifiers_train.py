@@ -58,6 +58,21 @@ def test_same_seed_same_history(phantom):
     assert first != history(1)
 
 
+def test_fit_steps_one_fused_adamw_with_the_configured_lr_and_weight_decay(phantom, monkeypatch):
+    """One AdamW kernel per step, not a loop over tensors (what bench_speed.py's classifier epoch measures)."""
+    made = []
+
+    class Recording(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            made.append(kwargs)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    config = quick(epochs=1, lr=3e-4, weight_decay=1e-3)
+    fit(build_model("tiny-cnn", 1, 2, seed=0), phantom["train"], phantom["val"], config, progress=False)
+    assert made == [{"lr": 3e-4, "weight_decay": 1e-3, "fused": True}]
+
+
 def test_on_epoch_reports_every_epoch_and_an_exception_stops_training(phantom):
     seen = []
 

@@ -60,7 +60,8 @@ def _step_times(kind: str, precision: str, steps: int, warmup: int, overrides: t
             pred, logits = model(x, t, text, mask, spacing)
             return joint_loss(pred, x, logits, labels, isnull, cfg.loss)[0]
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    # fused, as the VAE and LDM trainers step it (rows recorded before 2026-12-07 used the per-tensor loop)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()

@@ -12,6 +12,13 @@ the fine-tune with a fresh optimiser, as in the chest X-ray study that found it 
 trains with the same number of samples per epoch and the same number of epochs. The generator never sees a validation or test case (that would leak the scoring data into the
 synthetic arms). Prints accuracy, balanced accuracy, AUROC and AP (mean and 95% CI over seeds) next to the
 paper's numbers and writes benchmarks/results/bench_paper_protocol.json.
+
+``--generator-pool N`` is the shared-generator protocol of the follow-up study (CCELLA++, Grabke et al., 2025:
+a generator trained at one site, a classifier with few cases at another): the generator trains on N other cases
+of the same phantom draw and never on the classifier's cases, whose twins it then draws from reports it has not
+seen. Three arms join: real + synthetic drawn from the pool's reports and labels, pretraining on those then
+fine-tuning on the real cases, and, as references for what sharing the pool's real volumes instead would give,
+pretraining on the pool's real volumes and mixing them in.
 """
 
 from __future__ import annotations
@@ -31,23 +38,52 @@ PAPER_NOTE = "paper: real-only 69% accuracy -> real+synthetic 74%; synthetic-onl
 METRICS = ("accuracy", "balanced_accuracy", "auroc", "ap")
 
 
+def split_pool(manifest: Path, n_train: int, seed: int = 0) -> tuple[Path, Path]:
+    """Split the phantom's train split into the classifier's ``n_train`` cases (a seeded pick, stratified by
+    label) and the generator's pool (the rest); write ``classifier.jsonl`` (those cases, val and test) and
+    ``generator.jsonl`` (the pool as its train split, nothing else) beside ``manifest``."""
+    import dataclasses
+
+    import numpy as np
+
+    from synthaug.data.manifest import read_manifest, write_manifest
+
+    records = read_manifest(manifest).records
+    train = [r for r in records if r.split == "train"]
+    rng, chosen = np.random.default_rng(seed), set()
+    for label in sorted({r.label for r in train}):
+        ids = [r.case_id for r in train if r.label == label]
+        take = round(n_train * len(ids) / len(train))
+        chosen.update(ids[i] for i in rng.permutation(len(ids))[:take])
+    classifier = write_manifest([r for r in records if r.split != "train" or r.case_id in chosen],
+                                manifest.with_name("classifier.jsonl"))
+    generator = write_manifest([dataclasses.replace(r, split="train") for r in train if r.case_id not in chosen],
+                               manifest.with_name("generator.jsonl"))
+    return classifier, generator
+
+
 def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int, vae_steps: int,
                prediction: str = "eps", overrides: tuple[str, ...] = (),
-               autoencoder: Path | None = None) -> tuple[Path, Path]:
+               autoencoder: Path | None = None, pool: int = 0) -> tuple[Path, Path]:
     """A phantom with exactly ``n_train`` training cases and a generator bundle trained on those only
-    (its VAE reused from ``autoencoder``, one trained on the same phantom, when given)."""
+    (its VAE reused from ``autoencoder``, one trained on the same phantom, when given); with ``pool`` > 0,
+    a generator trained on ``pool`` other cases of the same draw instead (``split_pool``). Returns the
+    classifier's manifest and the bundle."""
     from synthaug.config import load_config
     from synthaug.data.phantom import write_phantom_dataset
     from synthaug.ldm.train import train_generator
 
-    n = n_train + n_val + n_test
+    n = pool + n_train + n_val + n_test
     cfg = load_config(preset="tiny", overrides=[
-        f"phantom.n_cases={n}", f"phantom.split_fractions=[{n_train / n}, {n_val / n}, {n_test / n}]",
+        f"phantom.n_cases={n}", f"phantom.split_fractions=[{(pool + n_train) / n}, {n_val / n}, {n_test / n}]",
         f"train.steps={ldm_steps}", f"autoencoder.steps={vae_steps}", f"diffusion.prediction={prediction}",
         *overrides])
     manifest = work / "phantom" / "manifest.jsonl"
     if not manifest.is_file():
         write_phantom_dataset(work / "phantom", cfg.data, cfg.phantom, overwrite=True)
+    generator_manifest = manifest
+    if pool:
+        manifest, generator_manifest = split_pool(manifest, n_train)
     bundle = work / "bundle"
     if (bundle / "fingerprint").is_file():
         from synthaug.ldm.bundle import read_bundle_info
@@ -62,15 +98,18 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
         if changed:
             raise SystemExit(f"{bundle} was trained with {'; '.join(changed)}: pass another --work folder")
     else:
-        train_generator(manifest, bundle, cfg, work_dir=work / "bundle.work", autoencoder=autoencoder, overwrite=True)
+        train_generator(generator_manifest, bundle, cfg, work_dir=work / "bundle.work", autoencoder=autoencoder,
+                        overwrite=True)
     return manifest, bundle
 
 
-def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, round_: int = 0) -> list[dict]:
+def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, round_: int = 0,
+                    seed_offset: int | None = None) -> list[dict]:
     """One synthetic volume per real training case from its own report and label; cached in ``out``.
 
     ``sampling``: the generator's options (sampler, steps, eta, guidance, class_guidance; None = the bundle's).
-    ``round_`` k > 0 makes every case's k-th twin: the same report and label with seeds k x len(real) on.
+    ``round_`` k > 0 makes every case's k-th twin: the same report and label with seeds k x len(real) on
+    (or from ``seed_offset`` on, when given).
     """
     from synthaug.apps.evaluate import paper_protocol_items
     from synthaug.generate import CCELLAGenerator
@@ -78,7 +117,8 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
     provenance = out / "provenance.jsonl"
     generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
     if not provenance.is_file():
-        paper_protocol_items(generator, real, out, seed_offset=round_ * len(real))
+        paper_protocol_items(generator, real, out,
+                             seed_offset=round_ * len(real) if seed_offset is None else seed_offset)
     rows = {r["case_id"]: r for r in map(json.loads, provenance.read_text().splitlines())}
     made = {k: next(iter(rows.values())).get(k) for k in generator.settings()}
     if made != generator.settings():  # e.g. twins made with an earlier version's sampling defaults
@@ -160,8 +200,11 @@ def main() -> None:
     parser.add_argument("--filter-confidence", type=float,
                         help="adds the arm real + filtered synthetic: of the K twins per case, those a filter "
                              "classifier trained on the real train split gives at least this P(requested class)")
+    parser.add_argument("--generator-pool", type=int, default=0, metavar="N",
+                        help="train the generator on N other cases of the phantom draw, never on the classifier's "
+                             "(the shared-generator protocol; adds the pool arms)")
     parser.add_argument("--only-new-arms", action="store_true",
-                        help="train real only and the --twins/--filter arms, not the paper's other three")
+                        help="train real only and the --twins/--filter/pool arms, not the paper's other three")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
     if args.budget == "bench":
@@ -191,10 +234,16 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps,
-                                        args.prediction, tuple(args.set), args.autoencoder)
+                                        args.prediction, tuple(args.set), args.autoencoder, args.generator_pool)
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
-    assert load_bundle(bundle, verify=False).train_case_ids == {c["case_id"] for c in real}, "generator leakage"
+    seen = load_bundle(bundle, verify=False).train_case_ids
+    if args.generator_pool:
+        pool = load_manifest(manifest_path.with_name("generator.jsonl")).items("train")
+        assert seen == {c["case_id"] for c in pool} and not seen & {c["case_id"] for c in manifest.items()}, \
+            "generator leakage"
+    else:
+        assert seen == {c["case_id"] for c in real}, "generator leakage"
     sampling = {"sampler": args.sampler, "steps": args.steps, "eta": args.eta, "guidance": args.guidance,
                 "class_guidance": args.class_guidance}
     folder = f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}" + (
@@ -218,6 +267,16 @@ def main() -> None:
         arms = {"real only": arms["real only"]}
     if args.twins > 1:
         arms[f"real + synthetic {args.twins}:1"] = [(real + every_twin, args.epochs)]
+    if args.generator_pool:  # seeds after every round of the real cases' twins
+        pool_twins = synthetic_twins(bundle, pool, args.work / f"{folder}-pool", sampling,
+                                     seed_offset=max(args.twins, 1) * len(real))
+        arms.update({
+            "real + synthetic from the pool's reports": [(real + pool_twins, args.epochs)],
+            "pretrain synthetic from the pool's reports, fine-tune real": [(pool_twins, pretrain_epochs),
+                                                                           (real, args.epochs - pretrain_epochs)],
+            "pretrain the pool's real volumes, fine-tune real (reference)": [(pool, pretrain_epochs),
+                                                                              (real, args.epochs - pretrain_epochs)],
+            "real + the pool's real volumes (reference)": [(real + pool, args.epochs)]})
     if args.filter_confidence is not None:
         kept, filter_record = filtered(every_twin, manifest, load_bundle(bundle, verify=False).config.data, crop,
                                        args.filter_confidence)
@@ -243,7 +302,9 @@ def main() -> None:
     agree = sum(t["predicted_label"] == t["label"] for t in twins) / len(twins)
     by_case = class_by_training_case(twins, real, manifest.items("test"),
                                      VolumeStore(load_bundle(bundle, verify=False).config.data))
-    table = Table(title=f"paper protocol on the phantom: {args.n_train} real training cases, {args.model}, "
+    table = Table(title=f"paper protocol on the phantom: {args.n_train} real training cases, "
+                        + (f"a generator trained on {args.generator_pool} other cases, " if args.generator_pool else "")
+                        + f"{args.model}, "
                         f"{args.seeds} seeds, test n={len(test)} (mean [95% CI])")
     for col in ("arm", *METRICS, "paper accuracy"):
         table.add_column(col)

@@ -18,7 +18,8 @@ a generator trained at one site, a classifier with few cases at another): the ge
 of the same phantom draw and never on the classifier's cases, whose twins it then draws from reports it has not
 seen. Three arms join: real + synthetic drawn from the pool's reports and labels, pretraining on those then
 fine-tuning on the real cases, and, as references for what sharing the pool's real volumes instead would give,
-pretraining on the pool's real volumes and mixing them in.
+pretraining on the pool's real volumes and mixing them in; and mixing in their round trips through the generator's
+autoencoder (what the LDM could at best produce: the autoencoder's share of the loss).
 """
 
 from __future__ import annotations
@@ -128,6 +129,33 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
     return [{"image": str(out / rows[c["case_id"]]["file"]), "label": c["label"],
              "predicted_label": rows[c["case_id"]]["predicted_label"],
              "case_id": c["case_id"] + "_synthetic" + (f"{round_}" if round_ else "")} for c in real]
+
+
+def round_trips(bundle: Path, cases: list[dict], out: Path) -> list[dict]:
+    """The generator's VAE round trip of every case (encode, decode), written as NIfTI in the training data's units
+    as generated volumes are; cached in ``out``. What the LDM could at best hand a classifier."""
+    import torch
+
+    from synthaug.data.volume_store import VolumeStore
+    from synthaug.generate import CCELLAGenerator, write_volume
+    from synthaug.ldm.autoencoder import decode_latents, encode_volumes
+
+    items = [{"image": str(out / f"{c['case_id']}_round_trip.nii.gz"), "label": c["label"],
+              "case_id": c["case_id"] + "_round_trip"} for c in cases]
+    if (out / "done").is_file():
+        return items
+    out.mkdir(parents=True, exist_ok=True)
+    generator = CCELLAGenerator.from_bundle(bundle)
+    load = VolumeStore(generator.bundle.config.data)
+    for start in range(0, len(cases), 16):
+        x = torch.stack([load(c)["image"] for c in cases[start:start + 16]])
+        with torch.no_grad():
+            y = decode_latents(generator.autoencoder, encode_volumes(generator.autoencoder, list(x), batch_size=len(x)),
+                               batch_size=len(x)).clamp(0, 1)
+        for v, item in zip(y, items[start:start + 16]):
+            write_volume(generator.to_intensity(v[None])[0], generator.affine, Path(item["image"]))
+    (out / "done").write_text("")
+    return items
 
 
 def class_by_training_case(twins: list[dict], real: list[dict], test: list[dict], load) -> dict[str, float]:
@@ -276,7 +304,9 @@ def main() -> None:
                                                                            (real, args.epochs - pretrain_epochs)],
             "pretrain the pool's real volumes, fine-tune real (reference)": [(pool, pretrain_epochs),
                                                                               (real, args.epochs - pretrain_epochs)],
-            "real + the pool's real volumes (reference)": [(real + pool, args.epochs)]})
+            "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
+            "real + the pool's VAE round trips (reference)": [
+                (real + round_trips(bundle, pool, args.work / "pool-round-trips"), args.epochs)]})
     if args.filter_confidence is not None:
         kept, filter_record = filtered(every_twin, manifest, load_bundle(bundle, verify=False).config.data, crop,
                                        args.filter_confidence)

@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--pretrain-epochs", type=int, help="synthetic epochs of the pretrain arm (default: half)")
+    parser.add_argument("--fine-tune-lr", type=float,
+                        help="learning rate of the pretrain arms' fine-tune phase (default: --lr)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--samples-per-epoch", type=int, default=100)
@@ -320,8 +322,9 @@ def main() -> None:
         for seed in range(args.seeds):
             t0 = time.perf_counter()
             model = build_model(args.model, in_channels=1, num_classes=2, seed=seed)
-            for items, epochs in phases:  # one phase, or pretraining then fine-tuning the same weights
-                config = FitConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, patience=None,
+            for phase, (items, epochs) in enumerate(phases):  # one phase, or pretraining then fine-tuning
+                lr = args.fine_tune_lr if phase and args.fine_tune_lr is not None else args.lr
+                config = FitConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, seed=seed, patience=None,
                                    samples_per_epoch=args.samples_per_epoch, device="cpu")
                 fitted = fit(model, Dataset(items, transform=store), val, config, progress=False)
             scored = evaluate(model, test, config, threshold=fitted.threshold)

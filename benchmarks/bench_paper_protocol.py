@@ -16,10 +16,10 @@ paper's numbers and writes benchmarks/results/bench_paper_protocol.json.
 ``--generator-pool N`` is the shared-generator protocol of the follow-up study (CCELLA++, Grabke et al., 2025:
 a generator trained at one site, a classifier with few cases at another): the generator trains on N other cases
 of the same phantom draw and never on the classifier's cases, whose twins it then draws from reports it has not
-seen. Three arms join: real + synthetic drawn from the pool's reports and labels, pretraining on those then
-fine-tuning on the real cases, and, as references for what sharing the pool's real volumes instead would give,
-pretraining on the pool's real volumes and mixing them in; and mixing in their round trips through the generator's
-autoencoder (what the LDM could at best produce: the autoencoder's share of the loss).
+seen. Five arms join: real + synthetic drawn from the pool's reports and labels, pretraining on those then
+fine-tuning on the real cases, and three references for what sharing the pool's real volumes instead would give:
+pretraining on them, mixing them in, and mixing in their round trips through the generator's autoencoder (what
+the LDM could at best produce: the autoencoder's share of the loss).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
         asked = cfg.model_dump(mode="json")
         changed = [f"{a}.{b} {made[a][b]!r}, not {asked[a][b]!r}" for a, b in
                    (("diffusion", "prediction"), ("diffusion", "preconditioning"), ("train", "steps"),
-                    ("train", "lr"), ("autoencoder", "steps"))
+                    ("train", "lr"), ("autoencoder", "steps"), ("phantom", "n_cases"))
                    if made[a][b] != asked[a][b]]
         if changed:
             raise SystemExit(f"{bundle} was trained with {'; '.join(changed)}: pass another --work folder")

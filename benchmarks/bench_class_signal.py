@@ -108,7 +108,6 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     from synthaug.data.phantom import write_phantom_dataset
     from synthaug.data.volume_store import VolumeStore
     from synthaug.generate import CCELLAGenerator
-    from synthaug.ldm.autoencoder import decode_latents, encode_volumes
     from synthaug.ldm.train import train_generator
     from synthaug.markdown import markdown_table
     from synthaug.metrics.class_signal import class_signal_chain, score_link
@@ -156,9 +155,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
 
     generator = CCELLAGenerator.from_bundle(bundle)
 
-    def reconstruct(x: torch.Tensor) -> torch.Tensor:
-        latents = encode_volumes(generator.autoencoder, list(x), batch_size=len(x))
-        return decode_latents(generator.autoencoder, latents, batch_size=len(x)).clamp(0, 1)
+    reconstruct = generator.round_trip
 
     test_items = manifest.items("test")
     texts = [c for c in [*manifest.items("val"), *test_items] if c["report"]]

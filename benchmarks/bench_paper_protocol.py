@@ -138,7 +138,6 @@ def round_trips(bundle: Path, cases: list[dict], out: Path) -> list[dict]:
 
     from synthaug.data.volume_store import VolumeStore
     from synthaug.generate import CCELLAGenerator, write_volume
-    from synthaug.ldm.autoencoder import decode_latents, encode_volumes
 
     items = [{"image": str(out / f"{c['case_id']}_round_trip.nii.gz"), "label": c["label"],
               "case_id": c["case_id"] + "_round_trip"} for c in cases]
@@ -149,10 +148,7 @@ def round_trips(bundle: Path, cases: list[dict], out: Path) -> list[dict]:
     load = VolumeStore(generator.bundle.config.data)
     for start in range(0, len(cases), 16):
         x = torch.stack([load(c)["image"] for c in cases[start:start + 16]])
-        with torch.no_grad():
-            y = decode_latents(generator.autoencoder, encode_volumes(generator.autoencoder, list(x), batch_size=len(x)),
-                               batch_size=len(x)).clamp(0, 1)
-        for v, item in zip(y, items[start:start + 16]):
+        for v, item in zip(generator.round_trip(x), items[start:start + 16]):
             write_volume(generator.to_intensity(v[None])[0], generator.affine, Path(item["image"]))
     (out / "done").write_text("")
     return items

@@ -294,6 +294,15 @@ class CCELLAGenerator:
                                      if self.bundle.config.autoencoder.kind == "maisi" else None)
         return self.to_intensity(decoded), probs
 
+    @torch.no_grad()
+    def round_trip(self, volumes: torch.Tensor) -> torch.Tensor:
+        """``(N, C, X, Y, Z)`` volumes in [0, 1] model space through the bundle's autoencoder (encoded to the
+        posterior mean, decoded, clamped to [0, 1]): what the LDM could at best hand back of them."""
+        from synthaug.ldm.autoencoder import encode_volumes
+
+        latents = encode_volumes(self.autoencoder, list(volumes), batch_size=len(volumes), device=self.device)
+        return decode_latents(self.autoencoder, latents, batch_size=len(volumes), device=self.device).clamp(0, 1)
+
     def to_intensity(self, volumes: torch.Tensor) -> torch.Tensor:
         """[0, 1] model space -> the training data's units: T2W/HBV by the median raw percentiles, ADC by its window."""
         data = self.bundle.config.data

@@ -55,6 +55,20 @@ def test_volumes_have_the_bundle_geometry_and_provenance(generator, small_bundle
     torch.testing.assert_close(generator.to_intensity(unit), unit * (high - low) + low)
 
 
+def test_round_trip_is_the_autoencoders_posterior_mean_decoded_and_clamped(generator):
+    """What link (b) of the class-signal chain and the benchmarks' round-trip arms feed a judge or classifier."""
+    from synthaug.ldm.autoencoder import decode_latents, encode_volumes
+
+    x = torch.rand(3, 1, 32, 32, 16, generator=torch.Generator().manual_seed(0))
+    out = generator.round_trip(x)
+    assert out.shape == x.shape and not out.requires_grad
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert not close(out, x)  # it went through the autoencoder
+    mean = decode_latents(generator.autoencoder, encode_volumes(generator.autoencoder, list(x)))
+    assert close(out, mean.clamp(0, 1))
+    assert close(generator.round_trip(x[1:2]), out[1:2])  # per volume, whatever the batch
+
+
 def test_same_seed_same_volume_whatever_the_batch(small_bundle):
     labels, seeds = [1, 0, 1, 0], [11, 12, 13, 14]
     for sampler, eta in (("ddim", 0.0), ("ddim", 1.0), ("ddpm", 0.0)):

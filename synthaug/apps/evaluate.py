@@ -123,12 +123,7 @@ def class_signal(manifest, data: DataConfig, judge: Callable[[torch.Tensor], tor
 
     reconstruct = adapter = None
     if generator is not None:
-        from synthaug.ldm.autoencoder import decode_latents, encode_volumes
-
-        def reconstruct(x: torch.Tensor) -> torch.Tensor:
-            latents = encode_volumes(generator.autoencoder, list(x), batch_size=len(x), device=generator.device)
-            return decode_latents(generator.autoencoder, latents, batch_size=len(x), device=generator.device).clamp(0, 1)
-
+        reconstruct = generator.round_trip
         texts = [c for c in [*manifest.items("val"), *test_items] if c["report"]]
         if texts:
             adapter = (generator.predict_class, [c["report"] for c in texts], [c["label"] for c in texts])

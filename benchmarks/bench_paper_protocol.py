@@ -194,8 +194,8 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=50)
     parser.add_argument("--n-val", type=int, default=50)
     parser.add_argument("--n-test", type=int, default=100)
-    parser.add_argument("--ldm-steps", type=int, default=2000)
-    parser.add_argument("--vae-steps", type=int, default=300)
+    parser.add_argument("--ldm-steps", type=int, help="default: 2000, or the --budget's")
+    parser.add_argument("--vae-steps", type=int, help="default: 300, or the --budget's")
     parser.add_argument("--prediction", default="eps", choices=("eps", "v", "flow"),
                         help="the generator's training objective (eps: the reference)")
     parser.add_argument("--sampler", default="auto", help="auto: the bundle's default (DDIM eta 1 for eps, flow for flow)")
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=("bench",),
                         help="bench: the class-signal benchmark's bench-budget generator (the demo's 48x48x32 "
                              "geometry, flow, bench_class_signal.BUDGETS: VAE 1920 patch steps, LDM 6000 steps at "
-                             "lr 1e-4); overrides the step options")
+                             "lr 1e-4); --ldm-steps and --vae-steps, where given, replace its steps")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="generator config override")
     parser.add_argument("--autoencoder", type=Path,
                         help="reuse this autoencoder (an earlier work folder's bundle/autoencoder.safetensors, trained on "
@@ -239,9 +239,12 @@ def main() -> None:
         from synthaug.apps.demo.run import DemoPlan
 
         plan, budget = DemoPlan(), BUDGETS["bench"]
-        args.vae_steps, args.ldm_steps, args.prediction = budget["autoencoder_steps"], budget["ldm_steps"], "flow"
+        args.vae_steps = args.vae_steps or budget["autoencoder_steps"]
+        args.ldm_steps, args.prediction = args.ldm_steps or budget["ldm_steps"], "flow"
         args.set = [f"data.image_shape={list(plan.image_shape)}", *plan.extra_train, f"train.lr={budget['ldm_lr']}",
                     *args.set]
+
+    args.vae_steps, args.ldm_steps = args.vae_steps or 300, args.ldm_steps or 2000
 
     import torch
     from monai.data import Dataset

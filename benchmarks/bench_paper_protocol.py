@@ -233,18 +233,18 @@ def main() -> None:
                         help="train real only and the --twins/--filter/pool arms, not the paper's other three")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
+    vae_steps, ldm_steps = 300, 2000  # the step options' defaults, unless a --budget sets its own
     if args.budget == "bench":
         from bench_class_signal import BUDGETS
 
         from synthaug.apps.demo.run import DemoPlan
 
         plan, budget = DemoPlan(), BUDGETS["bench"]
-        args.vae_steps = args.vae_steps or budget["autoencoder_steps"]
-        args.ldm_steps, args.prediction = args.ldm_steps or budget["ldm_steps"], "flow"
+        vae_steps, ldm_steps, args.prediction = budget["autoencoder_steps"], budget["ldm_steps"], "flow"
         args.set = [f"data.image_shape={list(plan.image_shape)}", *plan.extra_train, f"train.lr={budget['ldm_lr']}",
                     *args.set]
-
-    args.vae_steps, args.ldm_steps = args.vae_steps or 300, args.ldm_steps or 2000
+    args.vae_steps = vae_steps if args.vae_steps is None else args.vae_steps
+    args.ldm_steps = ldm_steps if args.ldm_steps is None else args.ldm_steps
 
     import torch
     from monai.data import Dataset

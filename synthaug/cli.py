@@ -176,28 +176,74 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from synthaug.export import export_volumes
     from synthaug.generate import CCELLAGenerator
 
-    labels = _labels_for(args.label, args.n)
     generator = CCELLAGenerator.from_bundle(args.bundle, **_generator_options(args))
+    reports = [args.report] * args.n if args.report is not None else None
+    variations = None
+    if args.vary is None:
+        if args.strength is not None:
+            from synthaug.errors import InputError
+
+            raise InputError("--strength sets how far a variation departs from a given volume", where="--strength",
+                             fix="add --vary MANIFEST (the cases to vary), or leave --strength out")
+        labels = _labels_for(args.label, args.n)
+    else:
+        labels, reports, variations = _variation_request(args, generator)
     console = _console()
-    with progress_bar(f"generate: {args.n} volumes, {generator.sampler.name} x {generator.sampler.steps}",
+    what = "variations" if variations else "volumes"
+    with progress_bar(f"generate: {args.n} {what}, {generator.sampler.name} x {generator.sampler.steps}",
                       console) as update:
         provenance = export_volumes(generator, labels, args.out, seeds=range(args.seed, args.seed + args.n),
-                                    reports=[args.report] * args.n if args.report is not None else None,
-                                    overwrite=args.overwrite, progress=update)
+                                    reports=reports, overwrite=args.overwrite, progress=update, variations=variations)
+    rows = [(what, f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})")]
+    if variations:
+        rows.append(("of", f"the train split of {args.vary} ({len(set(variations[1]))} cases), strength "
+                           f"{variations[2]:g}: the last {generator.sampler.steps - _start(generator, variations[2])} "
+                           f"of {generator.sampler.steps} steps"))
     _print_rows(console, "synthaug generate", [
-        ("volumes", f"{args.n} (label 0: {labels.count(0)}, label 1: {labels.count(1)})"),
-        ("sampler", _sampler_line(generator.settings())), ("class input", _class_input_line(generator, provenance)),
+        *rows, ("sampler", _sampler_line(generator.settings())), ("class input", _class_input_line(
+            generator, provenance, "each case's label" if variations else "--label")),
         ("bundle", generator.fingerprint[:16]), ("written to", str(args.out))])
     return 0
 
 
-def _class_input_line(generator, rows: Sequence[dict]) -> str:
+def _start(generator, strength: float) -> int:
+    from synthaug.ldm.sampling import start_step
+
+    return start_step(generator.sampler.steps, strength)
+
+
+def _variation_request(args: argparse.Namespace, generator) -> tuple[list[int], list[str], tuple]:
+    """``--vary MANIFEST``: volume i varies train case i (cycling), under that case's label and report."""
+    import torch
+
+    from synthaug.data.manifest import load_manifest
+    from synthaug.data.volume_store import VolumeStore
+    from synthaug.errors import InputError
+
+    for given, option in ((args.label != "both", "--label"), (args.report is not None, "--report")):
+        if given:
+            raise InputError("a variation keeps its case's label and report", where=option,
+                             fix=f"leave {option} out with --vary")
+    strength = 0.5 if args.strength is None else args.strength
+    _start(generator, strength)  # refuses a bad strength before any volume is read
+    cases = load_manifest(args.vary).items("train")
+    if not cases:
+        raise InputError("the manifest has no train split cases to vary", where=str(args.vary),
+                         fix="give a manifest with split 'train' cases")
+    chosen = [cases[i % len(cases)] for i in range(args.n)]
+    load = VolumeStore(generator.bundle.config.data)
+    volumes = torch.stack([load(c)["image"] for c in chosen])
+    return ([int(c["label"]) for c in chosen], [c.get("report") or "" for c in chosen],
+            (volumes, [c["case_id"] for c in chosen], strength))
+
+
+def _class_input_line(generator, rows: Sequence[dict], follows: str = "--label") -> str:
     """What the U-Net's class input was; from the report, how often the adapter read the requested class."""
     if generator.class_source == "label":
         return "the requested label"
     agree = sum(r["predicted_label"] == r["label"] for r in rows)
     line = f"read from the report by the adapter: the requested class for {agree} of {len(rows)}"
-    return line if agree == len(rows) else line + " (the others follow their report; --class-source label follows --label)"
+    return line if agree == len(rows) else line + f" (the others follow their report; --class-source label follows {follows})"
 
 
 def _real_class_counts(manifest: Path | None, balance: Any) -> dict[int, int] | None:
@@ -468,6 +514,12 @@ def _generate_parser(sub) -> None:
     p.add_argument("--n", type=T.count(1), default=4, help="number of volumes (default 4)")
     p.add_argument("--label", default="both", help="0, 1 or both (alternating; default)")
     p.add_argument("--report", help="one report for every volume (default: the report source)")
+    p.add_argument("--vary", type=Path, metavar="MANIFEST",
+                   help="make variations of this manifest's train cases instead (SDEdit: each noised part-way and "
+                        "denoised under its own label and report; volume i varies case i, cycling)")
+    p.add_argument("--strength", type=float,
+                   help="with --vary: the fraction of the sampler's chain run again, in (0, 1] (default 0.5); "
+                        "1 keeps nothing of the case")
     _add_sampler_options(p)
     p.add_argument("--eta", type=T.finite(0), help="DDIM noise (default: the bundle's, 1 = DDPM's variance; 0: deterministic)")
     _add_source_options(p)

@@ -18,6 +18,8 @@ from synthaug.data.io import make_temp_dir
 from synthaug.errors import InputError
 
 if TYPE_CHECKING:
+    import torch
+
     from synthaug.generate import CCELLAGenerator, Generated
 
 MONTAGE_VOLUMES = 8  # the montage shows the first few volumes
@@ -25,20 +27,29 @@ MONTAGE_VOLUMES = 8  # the montage shows the first few volumes
 
 def export_volumes(generator: CCELLAGenerator, labels: Sequence[int], out: str | os.PathLike[str], *,
                    seeds: Sequence[int], reports: Sequence[str] | None = None, overwrite: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> list[dict]:
+                   progress: Callable[[int, int], None] | None = None,
+                   variations: tuple[torch.Tensor, Sequence[str], float] | None = None) -> list[dict]:
     """Generate one volume per label (volume i from ``seeds[i]``) and write them to ``out``:
     ``synthetic_00000_label0.nii.gz`` ... (T2W; with several sequences ``..._adc.nii.gz`` and ``..._hbv.nii.gz``
     beside it), ``provenance.jsonl`` (one line per volume) and ``montage.png``.
 
     An existing non-empty ``out`` is refused unless ``overwrite``; the folder is written beside it and
     renamed into place, so an interrupted run leaves the old folder (or none) behind. Returns the volumes'
-    provenance records.
+    provenance records. ``variations`` = (volumes (N, C, X, Y, Z) in model space, their case ids, strength):
+    variations of those volumes (``CCELLAGenerator.vary``) instead, each record naming its ``source_case``.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError("output folder exists and is not empty", where=str(out),
                          fix="choose another --out or pass --overwrite")
-    result = generator.generate(list(labels), reports=reports, seeds=seeds, progress=progress)
+    if variations is None:
+        result = generator.generate(list(labels), reports=reports, seeds=seeds, progress=progress)
+    else:
+        volumes, cases, strength = variations
+        result = generator.vary(volumes, list(labels), reports=reports, seeds=seeds, strength=strength,
+                                progress=progress)
+        for record, case in zip(result.provenance, cases):
+            record["source_case"] = case
     tmp = make_temp_dir(out)
     try:
         _write_folder(result, tmp, list(generator.bundle.config.data.modalities))

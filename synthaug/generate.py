@@ -30,7 +30,7 @@ from synthaug.config import CLASS_GUIDANCE, made_up_report_problem
 from synthaug.data.io import centred_affine
 from synthaug.data.reports import template_report
 from synthaug.errors import InputError
-from synthaug.ldm.autoencoder import cpu_has_native_bf16, decode_latents, resolve_precision
+from synthaug.ldm.autoencoder import cpu_has_native_bf16, decode_latents, encode_volumes, resolve_precision
 from synthaug.ldm.bundle import Bundle, load_bundle
 from synthaug.ldm.sampling import (
     Conditioning,
@@ -38,6 +38,7 @@ from synthaug.ldm.sampling import (
     label_probs,
     predicted_class_probs,
     sample_latents,
+    start_step,
 )
 
 
@@ -244,26 +245,50 @@ class CCELLAGenerator:
                  seeds: Sequence[int] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> Generated:
         """Volumes for the requested labels; reports None takes them from the report source, seeds None counts up."""
+        return self._generate(labels, reports, seeds, progress)
+
+    @torch.no_grad()
+    def vary(self, volumes: torch.Tensor, labels: Sequence[int], reports: Sequence[str] | None = None,
+             seeds: Sequence[int] | None = None, *, strength: float,
+             progress: Callable[[int, int], None] | None = None) -> Generated:
+        """Variations of given volumes (SDEdit; diffusers' img2img): each ``(N, C, X, Y, Z)`` volume in [0, 1]
+        model space (as ``VolumeStore`` loads a case) is encoded, noised to the chain's step ``start_step(steps,
+        strength)`` and denoised from there under its label and report, so that its layout stays and the model
+        redraws what the noise erased. Strength 1 is ``generate`` (the volume is lost); the smaller, the closer."""
+        start = start_step(self.sampler.steps, strength)
+        want = (len(self.bundle.config.data.modalities), *self.image_shape)
+        if volumes.ndim != 5 or tuple(volumes.shape[1:]) != want or len(volumes) != len(labels):
+            raise InputError(f"got volumes of shape {tuple(volumes.shape)} for {len(labels)} labels",
+                             where="volumes", fix=f"pass (N, {', '.join(map(str, want))}) volumes, one per label")
+        return self._generate(labels, reports, seeds, progress, volumes=volumes, strength=float(strength), start=start)
+
+    def _generate(self, labels: Sequence[int], reports: Sequence[str] | None, seeds: Sequence[int] | None,
+                  progress: Callable[[int, int], None] | None, volumes: torch.Tensor | None = None,
+                  strength: float = 1.0, start: int = 0) -> Generated:
         labels, seeds = self._check(labels, reports, seeds)
         sources = ["given"] * len(labels) if reports is not None else [self.report_source] * len(labels)
         if reports is None:
             reports = [self.choose_report(label, seed) for label, seed in zip(labels, seeds)]
-        volumes, provenance = [], []
-        total = len(labels) * self.sampler.steps
-        for start in range(0, len(labels), self.batch_size):
-            part = slice(start, start + self.batch_size)
-            done, size = start * self.sampler.steps, len(labels[part])  # a step advances every volume of the batch
+        out, provenance = [], []
+        steps = self.sampler.steps - start
+        total = len(labels) * steps
+        varied = {} if volumes is None else {"strength": strength}
+        for begin in range(0, len(labels), self.batch_size):
+            part = slice(begin, begin + self.batch_size)
+            done, size = begin * steps, len(labels[part])  # a step advances every volume of the batch
             step_progress = (lambda i, n, d=done, b=size: progress(d + i * b, total)) if progress else None
-            batch, probs = self._generate_batch(labels[part], list(reports[part]), seeds[part], step_progress)
-            volumes.append(batch)
+            init = None if volumes is None else volumes[part]
+            batch, probs = self._generate_batch(labels[part], list(reports[part]), seeds[part], step_progress,
+                                                init=init, start=start)
+            out.append(batch)
             for label, report, seed, source, p in zip(labels[part], reports[part], seeds[part], sources[part], probs):
                 provenance.append({
                     "seed": seed, "label": label, "requested_label": label, "report": report,
                     "report_source": source, "predicted_prob": round(float(p), 6),
-                    "predicted_label": int(p >= 0.5), **self.settings(), "bundle": self.fingerprint,
+                    "predicted_label": int(p >= 0.5), **self.settings(), **varied, "bundle": self.fingerprint,
                 })
         empty = torch.zeros(0, len(self.bundle.config.data.modalities), *self.image_shape)
-        return Generated(volumes=torch.cat(volumes) if volumes else empty, affine=self.affine,
+        return Generated(volumes=torch.cat(out) if out else empty, affine=self.affine,
                          spacing=self.spacing, provenance=provenance)
 
     def _layout(self) -> None:
@@ -274,7 +299,9 @@ class CCELLAGenerator:
         self.autoencoder.to(memory_format=layout)
 
     def _generate_batch(self, labels: list[int], reports: list[str], seeds: list[int],
-                        progress: Callable[[int, int], None] | None) -> tuple[torch.Tensor, list[float]]:
+                        progress: Callable[[int, int], None] | None, init: torch.Tensor | None = None,
+                        start: int = 0) -> tuple[torch.Tensor, list[float]]:
+        """One batch; ``init`` (B, C, X, Y, Z) model-space volumes and ``start``: variations of them (``vary``)."""
         self._layout()
         cond = self._conditioning(labels, reports)
         shape = tuple(self.bundle.info["latent_shape"])  # (C, x, y, z)
@@ -283,9 +310,12 @@ class CCELLAGenerator:
         dtype = resolve_precision(self.precision, self.device)  # the autocast dtype of a resolved name
         # The networks run under autocast; the chain (noise, sampler steps, latents) stays float32.
         with torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            if init is not None:  # the posterior mean, scaled as the LDM's training latents were
+                init = encode_volumes(self.autoencoder, list(init), batch_size=len(init), device=self.device)
+                init = init.to(self.device).float() * self.bundle.scale_factor
             latents = sample_latents(self.ldm, self.sampler, noise, cond, guidance=self.guidance,
                                      class_guidance=self.class_guidance, guidance_interval=self.guidance_interval,
-                                     generators=generators, progress=progress)
+                                     generators=generators, progress=progress, init=init, start=start)
             probs = predicted_class_probs(self.ldm, cond)[:, 1].float().cpu().tolist()
             decoded = decode_latents(self.autoencoder, latents / self.bundle.scale_factor,
                                      batch_size=min(len(labels), DECODE_BATCH),
@@ -298,8 +328,6 @@ class CCELLAGenerator:
     def round_trip(self, volumes: torch.Tensor) -> torch.Tensor:
         """``(N, C, X, Y, Z)`` volumes in [0, 1] model space through the bundle's autoencoder (encoded to the
         posterior mean, decoded, clamped to [0, 1]): what the LDM could at best hand back of them."""
-        from synthaug.ldm.autoencoder import encode_volumes
-
         latents = encode_volumes(self.autoencoder, list(volumes), batch_size=len(volumes), device=self.device)
         return decode_latents(self.autoencoder, latents, batch_size=len(volumes), device=self.device).clamp(0, 1)
 

@@ -75,6 +75,15 @@ class Sampler:
              generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def add_noise(self, clean: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """``clean`` (B, ...) noised to timestep ``t`` of this chain, as training noised it (the forward process):
+        where a chain that starts part-way (``sample_latents(..., start=k)``) begins. DPM-Solver++ noises to its
+        own (Karras) sigma of the step, which the integer timestep the U-Net sees rounds (within 0.5% here)."""
+        import torch
+
+        return self.scheduler.add_noise(clean, noise, torch.full((clean.shape[0],), int(t), dtype=torch.long,
+                                                                device=clean.device))
+
 
 # ---------------------------------------------------------------- the registry
 

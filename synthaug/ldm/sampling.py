@@ -39,7 +39,7 @@ __all__ = [
     "DEFAULT_STEPS", "SAMPLERS", "Conditioning", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "FlowSampler",
     "Sampler", "build_sampler", "check_guidance", "default_steps", "guided_prediction", "guided_steps", "label_probs",
     "predicted_class_probs", "register_sampler", "resolve_sampler", "sample_latents", "sampler_class",
-    "sampler_names", "training_scheduler", "training_target",
+    "sampler_names", "start_step", "training_scheduler", "training_target",
 ]
 
 
@@ -138,25 +138,45 @@ def guided_steps(timesteps: Sequence[int], num_train_timesteps: int,
     return [low <= t / num_train_timesteps <= high for t in timesteps]
 
 
+def start_step(steps: int, strength: float) -> int:
+    """The chain step at which a variation of a given volume starts: the last ``round(steps x strength)`` steps
+    run (diffusers' img2img ``strength``; SDEdit, Meng et al. 2022). Strength 1 runs the whole chain from pure
+    noise (the given volume is lost); the smaller it is, the more of the given volume's layout stays."""
+    if not (isinstance(strength, (int, float)) and 0.0 < strength <= 1.0):
+        raise InputError(f"strength must be in (0, 1], got {strength!r}", where="strength",
+                         fix="use e.g. 0.5: the noisier half of the chain is run again")
+    run = round(steps * strength)
+    if run < 1:
+        raise InputError(f"strength {strength:g} of a {steps}-step chain runs no step", where="strength",
+                         fix=f"use strength >= {1 / steps:.2g} or more sampler steps")
+    return steps - run
+
+
 @torch.no_grad()
 def sample_latents(ldm, sampler: Sampler, noise: torch.Tensor, cond: Conditioning, *,
                    guidance: float = 1.0, class_guidance: float = 1.0,
                    guidance_interval: tuple[float, float] = (0.0, 1.0),
-                   generators: Sequence[torch.Generator] | None = None, progress=None) -> torch.Tensor:
+                   generators: Sequence[torch.Generator] | None = None, progress=None,
+                   init: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
     """Run the reverse chain from ``noise`` (B, C, x, y, z) to clean (scaled) latents of the same shape.
 
     ``guidance`` / ``class_guidance`` as in ``guided_prediction``, on the steps that ``guided_steps`` picks
     from ``guidance_interval`` (the others make one plain conditional pass); ``generators`` (one per sample)
     feed the stochastic samplers' noise; ``progress(done, total)`` is called after every step.
+    ``init`` (scaled latents of given volumes) and ``start`` (``start_step``): a variation, the chain from its
+    ``start``-th step on, begun from ``init`` noised to that step with ``noise``; without ``init`` ``start``
+    must be 0.
     """
     sampler.set_timesteps(sampler.steps)  # fresh state (DPM-Solver++ keeps a history)
-    guided = guided_steps(sampler.timesteps, sampler.cfg.num_train_timesteps, guidance_interval)
-    x = noise
-    for i, (t, guide) in enumerate(zip(sampler.timesteps, guided), start=1):
+    if not 0 <= start < sampler.steps or (init is None and start):
+        raise ValueError(f"start {start} of a {sampler.steps}-step chain (init given: {init is not None})")
+    timesteps = sampler.timesteps[start:]
+    guided = guided_steps(timesteps, sampler.cfg.num_train_timesteps, guidance_interval)
+    x = noise if init is None else sampler.add_noise(init.float(), noise, timesteps[0])
+    for i, (t, guide) in enumerate(zip(timesteps, guided), start=1):
         ts = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         out = guided_prediction(ldm, x, ts, cond, guidance if guide else 1.0, class_guidance if guide else 1.0)
         x = sampler.step(out.float(), t, x, generators)
         if progress is not None:
-            progress(i, sampler.steps)
+            progress(i, len(timesteps))
     return x
-

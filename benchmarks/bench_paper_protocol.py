@@ -131,6 +131,38 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
              "case_id": c["case_id"] + "_synthetic" + (f"{round_}" if round_ else "")} for c in real]
 
 
+def variations(bundle: Path, cases: list[dict], out: Path, sampling: dict, strength: float,
+               seed_offset: int) -> list[dict]:
+    """One variation of every case (``CCELLAGenerator.vary``: its volume noised to ``strength`` of the chain and
+    denoised under its own report and label; seed = ``seed_offset`` + its index), as NIfTI in the training data's
+    units; cached in ``out`` with the generator's settings."""
+    import torch
+
+    from synthaug.data.volume_store import VolumeStore
+    from synthaug.generate import CCELLAGenerator, write_volume
+
+    generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
+    settings = {**generator.settings(), "strength": strength, "seed_offset": seed_offset}
+    items = [{"image": str(out / f"{c['case_id']}_variation.nii.gz"), "label": c["label"],
+              "case_id": f"{c['case_id']}_variation{seed_offset}"} for c in cases]
+    done = out / "settings.json"
+    if done.is_file():
+        if json.loads(done.read_text()) != settings:
+            raise SystemExit(f"{out}: variations made with other settings; remove the folder or use another --work")
+        return items
+    out.mkdir(parents=True, exist_ok=True)
+    load = VolumeStore(generator.bundle.config.data)
+    for start in range(0, len(cases), generator.batch_size):
+        part = cases[start:start + generator.batch_size]
+        result = generator.vary(torch.stack([load(c)["image"] for c in part]), [c["label"] for c in part],
+                                reports=[c["report"] for c in part], strength=strength,
+                                seeds=list(range(seed_offset + start, seed_offset + start + len(part))))
+        for volume, item in zip(result.volumes, items[start:start + len(part)]):
+            write_volume(volume, result.affine, Path(item["image"]))
+    done.write_text(json.dumps(settings, sort_keys=True))
+    return items
+
+
 def round_trips(bundle: Path, cases: list[dict], out: Path) -> list[dict]:
     """The generator's VAE round trip of every case (encode, decode), written as NIfTI in the training data's units
     as generated volumes are; cached in ``out``. What the LDM could at best hand a classifier."""
@@ -229,6 +261,10 @@ def main() -> None:
     parser.add_argument("--generator-pool", type=int, default=0, metavar="N",
                         help="train the generator on N other cases of the phantom draw, never on the classifier's "
                              "(the shared-generator protocol; adds the pool arms)")
+    parser.add_argument("--strength", type=float, action="append", default=[],
+                        help="adds the arm real + variations: each real case's volume noised to this fraction of "
+                             "the sampler's chain and denoised under its own report and label (SDEdit), as many "
+                             "per case as --twins; repeat for several strengths")
     parser.add_argument("--only-new-arms", action="store_true",
                         help="train real only and the --twins/--filter/pool arms, not the paper's other three")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
@@ -308,6 +344,15 @@ def main() -> None:
             "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
             "real + the pool's VAE round trips (reference)": [
                 (real + round_trips(bundle, pool, args.work / "pool-round-trips"), args.epochs)]})
+    for strength in args.strength:  # seeds apart from the twins', one round per --twins
+        rounds = [variations(bundle, real, args.work / (f"{folder}-variations-s{strength:g}" + (f"-round{k}" if k else "")),
+                             sampling, strength, seed_offset=10**6 + k * len(real))
+                  for k in range(max(args.twins, 1))]
+        arms[f"real + variations (strength {strength:g})" + (f" {args.twins}:1" if args.twins > 1 else "")] = [
+            (real + [v for r in rounds for v in r], args.epochs)]
+    if args.strength:  # the limit of small strength: what the autoencoder alone does to the same cases
+        arms["real + their VAE round trips (reference)"] = [
+            (real + round_trips(bundle, real, args.work / "real-round-trips"), args.epochs)]
     if args.filter_confidence is not None:
         kept, filter_record = filtered(every_twin, manifest, load_bundle(bundle, verify=False).config.data, crop,
                                        args.filter_confidence)

@@ -129,6 +129,22 @@ def test_generate_writes_a_file_per_sequence(bp_bundle, tmp_path, capsys):
     assert all((tmp_path / "g" / name).is_file() for r in rows for name in r["files"].values())
 
 
+def test_variations_vary_every_sequence_of_a_case(bp_bundle, bp_phantom, tmp_path, capsys):
+    from synthaug.data.io import read_volume
+    from synthaug.data.manifest import load_manifest
+
+    done = in_process(capsys, "generate", "--bundle", bp_bundle, "--out", tmp_path / "v", "--n", "2", "--vary",
+                      bp_phantom, "--strength", "0.5", *FAST)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (tmp_path / "v" / "provenance.jsonl").read_text().splitlines()]
+    cases = load_manifest(bp_phantom).items("train")[:2]
+    assert [r["source_case"] for r in rows] == [c["case_id"] for c in cases]
+    for r in rows:
+        assert set(r["files"]) == {"image", "adc", "hbv"}
+        arrays = [read_volume(tmp_path / "v" / name).array for name in r["files"].values()]
+        assert all(a.shape == arrays[0].shape and a.std() > 0 for a in arrays)
+
+
 def test_mixed_sequence_sets_are_refused(bp_phantom, bp_cache, small_phantom, small_cache, tmp_path, capsys):
     from synthaug.data.manifest import load_manifest
     from synthaug.mix import SyntheticMixDataset

@@ -176,17 +176,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from synthaug.export import export_volumes
     from synthaug.generate import CCELLAGenerator
 
+    _check_variation_options(args)  # the options alone, before the bundle is loaded
+    labels = _labels_for(args.label, args.n) if args.vary is None else []
     generator = CCELLAGenerator.from_bundle(args.bundle, **_generator_options(args))
     reports = [args.report] * args.n if args.report is not None else None
     variations = None
-    if args.vary is None:
-        if args.strength is not None:
-            from synthaug.errors import InputError
-
-            raise InputError("--strength sets how far a variation departs from a given volume", where="--strength",
-                             fix="add --vary MANIFEST (the cases to vary), or leave --strength out")
-        labels = _labels_for(args.label, args.n)
-    else:
+    if args.vary is not None:
         labels, reports, variations = _variation_request(args, generator)
     console = _console()
     what = "variations" if variations else "volumes"
@@ -212,6 +207,21 @@ def _start(generator, strength: float) -> int:
     return start_step(generator.sampler.steps, strength)
 
 
+def _check_variation_options(args: argparse.Namespace) -> None:
+    """``--strength`` needs ``--vary``; ``--vary`` takes each case's label and report, so no ``--label``/``--report``."""
+    from synthaug.errors import InputError
+
+    if args.vary is None:
+        if args.strength is not None:
+            raise InputError("--strength sets how far a variation departs from a given volume", where="--strength",
+                             fix="add --vary MANIFEST (the cases to vary), or leave --strength out")
+        return
+    for given, option in ((args.label != "both", "--label"), (args.report is not None, "--report")):
+        if given:
+            raise InputError("a variation keeps its case's label and report", where=option,
+                             fix=f"leave {option} out with --vary")
+
+
 def _variation_request(args: argparse.Namespace, generator) -> tuple[list[int], list[str], tuple]:
     """``--vary MANIFEST``: volume i varies train case i (cycling), under that case's label and report."""
     import torch
@@ -220,10 +230,6 @@ def _variation_request(args: argparse.Namespace, generator) -> tuple[list[int], 
     from synthaug.data.volume_store import VolumeStore
     from synthaug.errors import InputError
 
-    for given, option in ((args.label != "both", "--label"), (args.report is not None, "--report")):
-        if given:
-            raise InputError("a variation keeps its case's label and report", where=option,
-                             fix=f"leave {option} out with --vary")
     strength = 0.5 if args.strength is None else args.strength
     _start(generator, strength)  # refuses a bad strength before any volume is read
     cases = load_manifest(args.vary).items("train")

@@ -141,6 +141,9 @@ def test_cli_generate_vary_writes_variations_of_the_train_cases(small_bundle, sm
         assert not (tmp_path / "bad").exists()
     done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", "--strength", "0.5")
     assert_one_line_error(done, "--vary")
+    for args, match in ((["--strength", "0.5"], "--vary"), (["--vary", small_phantom, "--label", "0"], "--label")):
+        done = in_process(capsys, "generate", "--bundle", tmp_path / "no-bundle", "--out", tmp_path / "bad", *args)
+        assert_one_line_error(done, match)  # the options alone are checked before a bundle is looked for
     done = in_process(capsys, "generate", "--bundle", small_bundle, "--out", tmp_path / "bad", "--vary",
                       tmp_path / "missing.jsonl")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1

@@ -65,7 +65,7 @@ def split_pool(manifest: Path, n_train: int, seed: int = 0) -> tuple[Path, Path]
 
 def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int, vae_steps: int,
                prediction: str = "eps", overrides: tuple[str, ...] = (),
-               autoencoder: Path | None = None, pool: int = 0) -> tuple[Path, Path]:
+               autoencoder: Path | None = None, pool: int = 0, device: str = "cpu") -> tuple[Path, Path]:
     """A phantom with exactly ``n_train`` training cases and a generator bundle trained on those only
     (its VAE reused from ``autoencoder``, one trained on the same phantom, when given); with ``pool`` > 0,
     a generator trained on ``pool`` other cases of the same draw instead (``split_pool``). Returns the
@@ -100,12 +100,12 @@ def build_data(work: Path, n_train: int, n_val: int, n_test: int, ldm_steps: int
             raise SystemExit(f"{bundle} was trained with {'; '.join(changed)}: pass another --work folder")
     else:
         train_generator(generator_manifest, bundle, cfg, work_dir=work / "bundle.work", autoencoder=autoencoder,
-                        overwrite=True)
+                        overwrite=True, device=device)
     return manifest, bundle
 
 
 def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, round_: int = 0,
-                    seed_offset: int | None = None) -> list[dict]:
+                    seed_offset: int | None = None, device: str = "cpu") -> list[dict]:
     """One synthetic volume per real training case from its own report and label; cached in ``out``.
 
     ``sampling``: the generator's options (sampler, steps, eta, guidance, class_guidance; None = the bundle's).
@@ -116,7 +116,7 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
     from synthaug.generate import CCELLAGenerator
 
     provenance = out / "provenance.jsonl"
-    generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
+    generator = CCELLAGenerator.from_bundle(bundle, device=device, batch_size=8, **sampling)
     if not provenance.is_file():
         paper_protocol_items(generator, real, out,
                              seed_offset=round_ * len(real) if seed_offset is None else seed_offset)
@@ -132,7 +132,7 @@ def synthetic_twins(bundle: Path, real: list[dict], out: Path, sampling: dict, r
 
 
 def variations(bundle: Path, cases: list[dict], out: Path, sampling: dict, strength: float,
-               seed_offset: int) -> list[dict]:
+               seed_offset: int, device: str = "cpu") -> list[dict]:
     """One variation of every case (``CCELLAGenerator.vary``: its volume noised to ``strength`` of the chain and
     denoised under its own report and label; seed = ``seed_offset`` + its index), as NIfTI in the training data's
     units; cached in ``out`` with the generator's settings."""
@@ -141,7 +141,7 @@ def variations(bundle: Path, cases: list[dict], out: Path, sampling: dict, stren
     from synthaug.data.volume_store import VolumeStore
     from synthaug.generate import CCELLAGenerator, write_volume
 
-    generator = CCELLAGenerator.from_bundle(bundle, batch_size=8, **sampling)
+    generator = CCELLAGenerator.from_bundle(bundle, device=device, batch_size=8, **sampling)
     settings = {**generator.settings(), "strength": strength, "seed_offset": seed_offset}
     items = [{"image": str(out / f"{c['case_id']}_variation.nii.gz"), "label": c["label"],
               "case_id": f"{c['case_id']}_variation{seed_offset}"} for c in cases]
@@ -163,7 +163,7 @@ def variations(bundle: Path, cases: list[dict], out: Path, sampling: dict, stren
     return items
 
 
-def round_trips(bundle: Path, cases: list[dict], out: Path) -> list[dict]:
+def round_trips(bundle: Path, cases: list[dict], out: Path, device: str = "cpu") -> list[dict]:
     """The generator's VAE round trip of every case (encode, decode), written as NIfTI in the training data's units
     as generated volumes are; cached in ``out``. What the LDM could at best hand a classifier."""
     import torch
@@ -176,7 +176,7 @@ def round_trips(bundle: Path, cases: list[dict], out: Path) -> list[dict]:
     if (out / "done").is_file():
         return items
     out.mkdir(parents=True, exist_ok=True)
-    generator = CCELLAGenerator.from_bundle(bundle)
+    generator = CCELLAGenerator.from_bundle(bundle, device=device)
     load = VolumeStore(generator.bundle.config.data)
     for start in range(0, len(cases), 16):
         x = torch.stack([load(c)["image"] for c in cases[start:start + 16]])
@@ -267,6 +267,8 @@ def main() -> None:
                              "per case as --twins; repeat for several strengths")
     parser.add_argument("--only-new-arms", action="store_true",
                         help="train real only and the --twins/--filter/pool arms, not the paper's other three")
+    parser.add_argument("--device", default="cpu",
+                        help="where the generator trains and samples and the classifiers train (cuda: a GPU machine)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
     vae_steps, ldm_steps = 300, 2000  # the step options' defaults, unless a --budget sets its own
@@ -299,7 +301,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     manifest_path, bundle = build_data(args.work, args.n_train, args.n_val, args.n_test, args.ldm_steps, args.vae_steps,
-                                        args.prediction, tuple(args.set), args.autoencoder, args.generator_pool)
+                                        args.prediction, tuple(args.set), args.autoencoder, args.generator_pool,
+                                        args.device)
     manifest = load_manifest(manifest_path)
     real = manifest.items("train")
     seen = load_bundle(bundle, verify=False).train_case_ids
@@ -313,13 +316,13 @@ def main() -> None:
                 "class_guidance": args.class_guidance}
     folder = f"synthetic-{args.sampler}-{args.steps}-{args.eta}-{args.guidance:g}" + (
         f"-cg{args.class_guidance:g}" if args.class_guidance is not None else "")
-    twins = synthetic_twins(bundle, real, args.work / folder, sampling)
+    twins = synthetic_twins(bundle, real, args.work / folder, sampling, device=args.device)
     console.print(f"data + generator + {len(twins)} synthetic twins ready in {time.perf_counter() - started:.0f} s")
     crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else None
     store = VolumeStore(load_bundle(bundle, verify=False).config.data, crop)
     predicted = [{**t, "label": t["predicted_label"]} for t in twins]
     every_twin = twins + [t for k in range(1, args.twins) for t in synthetic_twins(
-        bundle, real, args.work / f"{folder}-round{k}", sampling, round_=k)]
+        bundle, real, args.work / f"{folder}-round{k}", sampling, round_=k, device=args.device)]
     filter_record = None
     pretrain_epochs = args.epochs // 2 if args.pretrain_epochs is None else args.pretrain_epochs
     if not 0 < pretrain_epochs < args.epochs:
@@ -334,7 +337,7 @@ def main() -> None:
         arms[f"real + synthetic {args.twins}:1"] = [(real + every_twin, args.epochs)]
     if args.generator_pool:  # seeds after every round of the real cases' twins
         pool_twins = synthetic_twins(bundle, pool, args.work / f"{folder}-pool", sampling,
-                                     seed_offset=max(args.twins, 1) * len(real))
+                                     seed_offset=max(args.twins, 1) * len(real), device=args.device)
         arms.update({
             "real + synthetic from the pool's reports": [(real + pool_twins, args.epochs)],
             "pretrain synthetic from the pool's reports, fine-tune real": [(pool_twins, pretrain_epochs),
@@ -343,16 +346,16 @@ def main() -> None:
                                                                               (real, args.epochs - pretrain_epochs)],
             "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
             "real + the pool's VAE round trips (reference)": [
-                (real + round_trips(bundle, pool, args.work / "pool-round-trips"), args.epochs)]})
+                (real + round_trips(bundle, pool, args.work / "pool-round-trips", args.device), args.epochs)]})
     for strength in args.strength:  # seeds apart from the twins', one round per --twins
         rounds = [variations(bundle, real, args.work / (f"{folder}-variations-s{strength:g}" + (f"-round{k}" if k else "")),
-                             sampling, strength, seed_offset=10**6 + k * len(real))
+                             sampling, strength, seed_offset=10**6 + k * len(real), device=args.device)
                   for k in range(max(args.twins, 1))]
         arms[f"real + variations (strength {strength:g})" + (f" {args.twins}:1" if args.twins > 1 else "")] = [
             (real + [v for r in rounds for v in r], args.epochs)]
     if args.strength:  # the limit of small strength: what the autoencoder alone does to the same cases
         arms["real + their VAE round trips (reference)"] = [
-            (real + round_trips(bundle, real, args.work / "real-round-trips"), args.epochs)]
+            (real + round_trips(bundle, real, args.work / "real-round-trips", args.device), args.epochs)]
     if args.filter_confidence is not None:
         kept, filter_record = filtered(every_twin, manifest, load_bundle(bundle, verify=False).config.data, crop,
                                        args.filter_confidence)
@@ -369,7 +372,7 @@ def main() -> None:
             for phase, (items, epochs) in enumerate(phases):  # one phase, or pretraining then fine-tuning
                 lr = args.fine_tune_lr if phase and args.fine_tune_lr is not None else args.lr
                 config = FitConfig(epochs=epochs, batch_size=args.batch_size, lr=lr, seed=seed, patience=None,
-                                   samples_per_epoch=args.samples_per_epoch, device="cpu")
+                                   samples_per_epoch=args.samples_per_epoch, device=args.device)
                 fitted = fit(model, Dataset(items, transform=store), val, config, progress=False)
             scored = evaluate(model, test, config, threshold=fitted.threshold)
             results[arm].append({"seed": seed, **{m: scored.metrics.get(m) for m in METRICS},

@@ -206,6 +206,18 @@ def class_by_training_case(twins: list[dict], real: list[dict], test: list[dict]
             "test": nearest_train_label_agreement(stack(test), [c["label"] for c in test], train, train_labels)}
 
 
+def balanced_subset(items: list[dict], n: int) -> list[dict]:
+    """The first of ``items`` of each label in ``synthaug.mix.balance.class_quotas(n, "equal")`` (half per class, as
+    ``SyntheticMixDataset`` serves synthetic items); too few of a class is an error, not a silent imbalance."""
+    from synthaug.mix.balance import class_quotas
+
+    wanted = class_quotas(n, "equal")
+    chosen = {c: [t for t in items if t["label"] == c][:k] for c, k in wanted.items()}
+    if any(len(chosen[c]) < k for c, k in wanted.items()):
+        raise SystemExit(f"{n} balanced items need {wanted} per class; the pool has fewer: lower --pool-ratio")
+    return [t for c in sorted(chosen) for t in chosen[c]]
+
+
 def filtered(twins: list[dict], manifest, data, crop, confidence: float) -> tuple[list[dict], dict]:
     """The twins a filter classifier (tiny-cnn, ``synthaug.mix.filter``: trained on the real train split,
     selected on val; never the evaluated classifier's seeds 0-4 with these weights) gives at least
@@ -261,6 +273,10 @@ def main() -> None:
     parser.add_argument("--generator-pool", type=int, default=0, metavar="N",
                         help="train the generator on N other cases of the phantom draw, never on the classifier's "
                              "(the shared-generator protocol; adds the pool arms)")
+    parser.add_argument("--pool-ratio", action="append", default=[], metavar="R",
+                        help="with --generator-pool: adds the arm real + R synthetic per real case from the pool's "
+                             "reports, half per class as SyntheticMixDataset serves them (the first of the pool's "
+                             "twins of each class); repeat for several ratios")
     parser.add_argument("--strength", type=float, action="append", default=[],
                         help="adds the arm real + variations: each real case's volume noised to this fraction of "
                              "the sampler's chain and denoised under its own report and label (SDEdit), as many "
@@ -294,6 +310,7 @@ def main() -> None:
     from synthaug.data.manifest import load_manifest
     from synthaug.data.volume_store import VolumeStore
     from synthaug.ldm.bundle import load_bundle
+    from synthaug.mix.ratio import Ratio
 
     console = Console(width=max(Console().width, 160))
     args.work = args.work or RESULTS / (f"paper_protocol_{args.prediction}"
@@ -347,6 +364,12 @@ def main() -> None:
             "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
             "real + the pool's VAE round trips (reference)": [
                 (real + round_trips(bundle, pool, args.work / "pool-round-trips", args.device), args.epochs)]})
+    for text in args.pool_ratio:  # the paper's knob: how much synthetic data per real case
+        ratio = Ratio.parse(text, where="--pool-ratio")
+        if not args.generator_pool or ratio.is_real_only or ratio.is_synthetic_only:
+            raise SystemExit(f"--pool-ratio {text}: give a number > 0 with --generator-pool")
+        arms[f"real + synthetic from the pool's reports {ratio.label}:1, balanced"] = [
+            (real + balanced_subset(pool_twins, ratio.synthetic_count(len(real))), args.epochs)]
     for strength in args.strength:  # seeds apart from the twins', one round per --twins
         rounds = [variations(bundle, real, args.work / (f"{folder}-variations-s{strength:g}" + (f"-round{k}" if k else "")),
                              sampling, strength, seed_offset=10**6 + k * len(real), device=args.device)

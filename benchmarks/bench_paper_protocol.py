@@ -218,6 +218,20 @@ def balanced_subset(items: list[dict], n: int) -> list[dict]:
     return [t for c in sorted(chosen) for t in chosen[c]]
 
 
+def parse_pool_ratio(text: str, pool: int):
+    """A ``--pool-ratio``: a ``synthaug.mix.ratio.Ratio`` > 0 and finite, given with ``--generator-pool``."""
+    from synthaug.errors import InputError
+    from synthaug.mix.ratio import Ratio
+
+    try:
+        ratio = Ratio.parse(text, where="--pool-ratio")
+    except InputError as error:
+        raise SystemExit(str(error)) from None
+    if not pool or ratio.is_real_only or ratio.is_synthetic_only:
+        raise SystemExit(f"--pool-ratio {text}: give a number > 0 with --generator-pool")
+    return ratio
+
+
 def filtered(twins: list[dict], manifest, data, crop, confidence: float) -> tuple[list[dict], dict]:
     """The twins a filter classifier (tiny-cnn, ``synthaug.mix.filter``: trained on the real train split,
     selected on val; never the evaluated classifier's seeds 0-4 with these weights) gives at least
@@ -287,6 +301,7 @@ def main() -> None:
                         help="where the generator trains and samples and the classifiers train (cuda: a GPU machine)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
+    pool_ratios = [parse_pool_ratio(text, args.generator_pool) for text in args.pool_ratio]  # before hours of training
     vae_steps, ldm_steps = 300, 2000  # the step options' defaults, unless a --budget sets its own
     if args.budget == "bench":
         from bench_class_signal import BUDGETS
@@ -310,7 +325,6 @@ def main() -> None:
     from synthaug.data.manifest import load_manifest
     from synthaug.data.volume_store import VolumeStore
     from synthaug.ldm.bundle import load_bundle
-    from synthaug.mix.ratio import Ratio
 
     console = Console(width=max(Console().width, 160))
     args.work = args.work or RESULTS / (f"paper_protocol_{args.prediction}"
@@ -364,10 +378,7 @@ def main() -> None:
             "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
             "real + the pool's VAE round trips (reference)": [
                 (real + round_trips(bundle, pool, args.work / "pool-round-trips", args.device), args.epochs)]})
-    for text in args.pool_ratio:  # the paper's knob: how much synthetic data per real case
-        ratio = Ratio.parse(text, where="--pool-ratio")
-        if not args.generator_pool or ratio.is_real_only or ratio.is_synthetic_only:
-            raise SystemExit(f"--pool-ratio {text}: give a number > 0 with --generator-pool")
+    for ratio in pool_ratios:  # the paper's knob: how much synthetic data per real case
         arms[f"real + synthetic from the pool's reports {ratio.label}:1, balanced"] = [
             (real + balanced_subset(pool_twins, ratio.synthetic_count(len(real))), args.epochs)]
     for strength in args.strength:  # seeds apart from the twins', one round per --twins

@@ -19,7 +19,9 @@ of the same phantom draw and never on the classifier's cases, whose twins it the
 seen. Five arms join: real + synthetic drawn from the pool's reports and labels, pretraining on those then
 fine-tuning on the real cases, and three references for what sharing the pool's real volumes instead would give:
 pretraining on them, mixing them in, and mixing in their round trips through the generator's autoencoder (what
-the LDM could at best produce: the autoencoder's share of the loss).
+the LDM could at best produce: the autoencoder's share of the loss). ``--pool-ratio R`` mixes R class-balanced
+pool twins per real case instead (the paper's knob); ``--pool-controls`` adds, per ratio, the same twins with labels
+decoupled from their class (is it the class that helps?) and the pool's real volumes and round trips at that ratio.
 """
 
 from __future__ import annotations
@@ -218,6 +220,42 @@ def balanced_subset(items: list[dict], n: int) -> list[dict]:
     return [t for c in sorted(chosen) for t in chosen[c]]
 
 
+def decoupled_labels(items: list[dict], seed: int = 0) -> list[dict]:
+    """``items`` (binary labels) with their labels made independent of the class each was drawn for: in each class,
+    half of its items (a seeded pick; the odd one out stays) take the other label. The same volumes, about the same
+    class counts, and a label that agrees with the volume's class exactly as often as not (a plain permutation agrees
+    by chance for anywhere between 30 and 70% of 50). The control of a synthetic arm: what the gain is without the
+    class in the volumes."""
+    import numpy as np
+
+    if {item["label"] for item in items} - {0, 1}:
+        raise SystemExit("decoupled labels: binary labels only")
+    rng, flip = np.random.default_rng(seed), set()
+    for label in (0, 1):
+        ids = [i for i, item in enumerate(items) if item["label"] == label]
+        flip.update(ids[j] for j in rng.permutation(len(ids))[:len(ids) // 2])
+    return [{**item, "label": 1 - item["label"] if i in flip else item["label"], "case_id": item["case_id"] + "_decoupled"}
+            for i, item in enumerate(items)]
+
+
+def paired_gains(results: dict[str, list[dict]], against: dict[str, str], console) -> dict[str, dict[str, dict]]:
+    """Per metric (balanced accuracy, AUROC), each arm of ``against`` minus its reference arm, paired over classifier
+    seeds (``synthaug.apps.sweep.statistics.paired_difference``) and Holm-corrected across the arms; printed."""
+    from synthaug.apps.sweep.statistics import holm, paired_difference
+
+    gains = {m: {arm: paired_difference({r["seed"]: r[m] for r in results[arm]},
+                                        {r["seed"]: r[m] for r in results[reference]})
+                 for arm, reference in against.items()} for m in ("balanced_accuracy", "auroc")}
+    for metric, per_arm in gains.items():
+        for arm, adjusted in zip(per_arm, holm([d["p"] for d in per_arm.values()])):
+            per_arm[arm]["p_holm"] = adjusted
+            d = per_arm[arm]
+            console.print(f"{arm} - {against[arm]}, {metric}: {d['mean']:+.3f} "
+                          + (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else "")
+                          + (f", paired p {d['p']:.3g}, Holm {adjusted:.3g}" if d["p"] is not None else ""))
+    return gains
+
+
 def parse_pool_ratio(text: str, pool: int):
     """A ``--pool-ratio``: a ``synthaug.mix.ratio.Ratio`` > 0 and finite, given with ``--generator-pool``."""
     from synthaug.errors import InputError
@@ -291,6 +329,11 @@ def main() -> None:
                         help="with --generator-pool: adds the arm real + R synthetic per real case from the pool's "
                              "reports, half per class as SyntheticMixDataset serves them (the first of the pool's "
                              "twins of each class); repeat for several ratios")
+    parser.add_argument("--pool-controls", action="store_true",
+                        help="with --pool-ratio: per ratio, three more arms: the same twins with half of each "
+                             "class's labels flipped (control: the gain without the class in the volumes; each ratio "
+                             "arm is also compared with it), and as many of the pool's real volumes and of their VAE round trips, "
+                             "balanced the same way (references at this ratio)")
     parser.add_argument("--strength", type=float, action="append", default=[],
                         help="adds the arm real + variations: each real case's volume noised to this fraction of "
                              "the sampler's chain and denoised under its own report and label (SDEdit), as many "
@@ -302,6 +345,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
     args = parser.parse_args()
     pool_ratios = [parse_pool_ratio(text, args.generator_pool) for text in args.pool_ratio]  # before hours of training
+    if args.pool_controls and not pool_ratios:
+        raise SystemExit("--pool-controls: give the ratios to control with --pool-ratio")
     vae_steps, ldm_steps = 300, 2000  # the step options' defaults, unless a --budget sets its own
     if args.budget == "bench":
         from bench_class_signal import BUDGETS
@@ -321,7 +366,7 @@ def main() -> None:
     from rich.table import Table
 
     from classifiers import FitConfig, build_model, evaluate, fit
-    from synthaug.apps.sweep.statistics import holm, mean_ci, paired_difference
+    from synthaug.apps.sweep.statistics import mean_ci
     from synthaug.data.manifest import load_manifest
     from synthaug.data.volume_store import VolumeStore
     from synthaug.ldm.bundle import load_bundle
@@ -378,9 +423,18 @@ def main() -> None:
             "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
             "real + the pool's VAE round trips (reference)": [
                 (real + round_trips(bundle, pool, args.work / "pool-round-trips", args.device), args.epochs)]})
+    controls: dict[str, str] = {}  # ratio arm -> its decoupled-label control
     for ratio in pool_ratios:  # the paper's knob: how much synthetic data per real case
-        arms[f"real + synthetic from the pool's reports {ratio.label}:1, balanced"] = [
-            (real + balanced_subset(pool_twins, ratio.synthetic_count(len(real))), args.epochs)]
+        arm, n = f"real + synthetic from the pool's reports {ratio.label}:1, balanced", ratio.synthetic_count(len(real))
+        arms[arm] = [(real + balanced_subset(pool_twins, n), args.epochs)]
+        if args.pool_controls:
+            controls[arm] = f"{arm}, labels decoupled from the class (control)"
+            arms[controls[arm]] = [(real + decoupled_labels(balanced_subset(pool_twins, n)), args.epochs)]
+            arms[f"real + the pool's real volumes {ratio.label}:1, balanced (reference)"] = [
+                (real + balanced_subset(pool, n), args.epochs)]
+            arms[f"real + the pool's VAE round trips {ratio.label}:1, balanced (reference)"] = [
+                (real + balanced_subset(round_trips(bundle, pool, args.work / "pool-round-trips", args.device), n),
+                 args.epochs)]
     for strength in args.strength:  # seeds apart from the twins', one round per --twins
         rounds = [variations(bundle, real, args.work / (f"{folder}-variations-s{strength:g}" + (f"-round{k}" if k else "")),
                              sampling, strength, seed_offset=10**6 + k * len(real), device=args.device)
@@ -430,16 +484,10 @@ def main() -> None:
         paper = PAPER.get(arm, {}).get("accuracy")
         table.add_row(arm, *cells, "-" if paper is None else f"{paper:.2f}")
     console.print(table)
-    # paired over seeds against real only, Holm-corrected across the other arms
-    gains = {m: {arm: paired_difference({r["seed"]: r[m] for r in rows}, {r["seed"]: r[m] for r in results["real only"]})
-                 for arm, rows in results.items() if arm != "real only"} for m in ("balanced_accuracy", "auroc")}
-    for metric, per_arm in gains.items():
-        for arm, adjusted in zip(per_arm, holm([d["p"] for d in per_arm.values()])):
-            per_arm[arm]["p_holm"] = adjusted
-            d = per_arm[arm]
-            console.print(f"{arm} - real only, {metric}: {d['mean']:+.3f} "
-                          + (f"[{d['low']:+.3f}, {d['high']:+.3f}]" if d["low"] is not None else "")
-                          + (f", paired p {d['p']:.3g}, Holm {adjusted:.3g}" if d["p"] is not None else ""))
+    # paired over seeds against real only, Holm-corrected across the other arms; then does the class in the volumes
+    # matter? each ratio arm against the same volumes with decoupled labels
+    gains = paired_gains(results, {arm: "real only" for arm in results if arm != "real only"}, console)
+    versus_control = paired_gains(results, controls, console)
     console.print(f"{PAPER_NOTE}. Predicted label = real label for {agree:.0%} of the synthetic twins. The nearest "
                   f"real training case of {by_case['twins_nearest_own_case']:.0%} of the twins is their own case; "
                   f"class by training case (the nearest other one has the label): twins {by_case['twins']:.3f}, "
@@ -447,7 +495,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = args.out
     out.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-                               "paired_vs_real_only": gains,
+                               "paired_vs_real_only": gains, "paired_vs_decoupled_labels": versus_control,
                                "runs": results, "predicted_label_agreement": agree, "class_by_training_case": by_case,
                                "paper": PAPER_NOTE,
                                "filter": filter_record,

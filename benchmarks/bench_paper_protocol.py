@@ -332,8 +332,8 @@ def main() -> None:
     parser.add_argument("--pool-controls", action="store_true",
                         help="with --pool-ratio: per ratio, three more arms: the same twins with half of each "
                              "class's labels flipped (control: the gain without the class in the volumes; each ratio "
-                             "arm is also compared with it), and as many of the pool's real volumes and of their VAE round trips, "
-                             "balanced the same way (references at this ratio)")
+                             "arm is also compared with it), and as many of the pool's real volumes and of their "
+                             "VAE round trips, balanced the same way (references at this ratio)")
     parser.add_argument("--strength", type=float, action="append", default=[],
                         help="adds the arm real + variations: each real case's volume noised to this fraction of "
                              "the sampler's chain and denoised under its own report and label (SDEdit), as many "
@@ -414,6 +414,7 @@ def main() -> None:
     if args.generator_pool:  # seeds after every round of the real cases' twins
         pool_twins = synthetic_twins(bundle, pool, args.work / f"{folder}-pool", sampling,
                                      seed_offset=max(args.twins, 1) * len(real), device=args.device)
+        pool_round_trips = round_trips(bundle, pool, args.work / "pool-round-trips", args.device)
         arms.update({
             "real + synthetic from the pool's reports": [(real + pool_twins, args.epochs)],
             "pretrain synthetic from the pool's reports, fine-tune real": [(pool_twins, pretrain_epochs),
@@ -421,20 +422,19 @@ def main() -> None:
             "pretrain the pool's real volumes, fine-tune real (reference)": [(pool, pretrain_epochs),
                                                                               (real, args.epochs - pretrain_epochs)],
             "real + the pool's real volumes (reference)": [(real + pool, args.epochs)],
-            "real + the pool's VAE round trips (reference)": [
-                (real + round_trips(bundle, pool, args.work / "pool-round-trips", args.device), args.epochs)]})
+            "real + the pool's VAE round trips (reference)": [(real + pool_round_trips, args.epochs)]})
     controls: dict[str, str] = {}  # ratio arm -> its decoupled-label control
     for ratio in pool_ratios:  # the paper's knob: how much synthetic data per real case
         arm, n = f"real + synthetic from the pool's reports {ratio.label}:1, balanced", ratio.synthetic_count(len(real))
-        arms[arm] = [(real + balanced_subset(pool_twins, n), args.epochs)]
+        chosen = balanced_subset(pool_twins, n)
+        arms[arm] = [(real + chosen, args.epochs)]
         if args.pool_controls:
             controls[arm] = f"{arm}, labels decoupled from the class (control)"
-            arms[controls[arm]] = [(real + decoupled_labels(balanced_subset(pool_twins, n)), args.epochs)]
+            arms[controls[arm]] = [(real + decoupled_labels(chosen), args.epochs)]
             arms[f"real + the pool's real volumes {ratio.label}:1, balanced (reference)"] = [
                 (real + balanced_subset(pool, n), args.epochs)]
             arms[f"real + the pool's VAE round trips {ratio.label}:1, balanced (reference)"] = [
-                (real + balanced_subset(round_trips(bundle, pool, args.work / "pool-round-trips", args.device), n),
-                 args.epochs)]
+                (real + balanced_subset(pool_round_trips, n), args.epochs)]
     for strength in args.strength:  # seeds apart from the twins', one round per --twins
         rounds = [variations(bundle, real, args.work / (f"{folder}-variations-s{strength:g}" + (f"-round{k}" if k else "")),
                              sampling, strength, seed_offset=10**6 + k * len(real), device=args.device)

@@ -39,6 +39,10 @@ class NormalisationConfig(_Section):
     t2w_percentiles: tuple[float, float] = (0.0, 99.5)  # -> [0, 1], clipped
     hbv_percentiles: tuple[float, float] = (0.0, 99.5)
     adc_window: tuple[float, float] = (0.0, 3000.0)  # fixed window in 1e-6 mm^2/s -> [0, 1]
+    # Where the T2W/HBV percentiles are taken: "image", the image_shape box after the crop (the reference's), or
+    # "field_of_view", the whole resampled volume before it. A generator trained on a box around the gland keeps
+    # the whole volume's contrast with the latter (benchmarks/README.md).
+    region: Literal["image", "field_of_view"] = "image"
 
     @field_validator("t2w_percentiles", "hbv_percentiles")
     @classmethod

@@ -219,3 +219,18 @@ def test_bad_keys_are_refused():
 
 def test_pipeline_pickles_for_dataloader_workers():
     pickle.loads(pickle.dumps(preprocessing_transforms(config(crop="foreground", modalities=["t2w", "adc"]))))
+
+
+def test_field_of_view_normalisation_takes_the_percentiles_before_the_crop(tmp_path):
+    """region "field_of_view": the whole volume's window, then the centred box; "image": the box's own window."""
+    big = (2 * SHAPE[0], 2 * SHAPE[1], 2 * SHAPE[2])
+    raw = np.random.default_rng(4).gamma(2.0, 50.0, big).astype(np.float32)
+    box = tuple(slice(n // 4, n // 4 + s) for n, s in zip(big, SHAPE))
+    raw[box] *= 0.5  # a darker centre: its own percentiles differ from the whole volume's
+    item = {"image": write_volume(tmp_path / "t2.nii.gz", raw, centred_affine(SPACING, big))}
+    low, high = np.percentile(raw, (0.0, 99.5))
+    whole = np.clip((raw - low) / (high - low), 0, 1)[box]
+    fov = config(normalisation=NormalisationConfig(region="field_of_view"))
+    np.testing.assert_allclose(np.asarray(preprocessing_transforms(fov)(dict(item))["image"][0]), whole, atol=1e-4)
+    own = np.asarray(preprocessing_transforms(config())(dict(item))["image"][0])
+    assert own.max() == 1.0 and whole.max() < 0.8  # the default rescales the darker box to fill [0, 1]

@@ -5,7 +5,9 @@
     item["image"]  # (C, X, Y, Z) float32 in [0, 1], RAS, voxel size cfg.data.spacing; C = len(modalities)
 
 T2W is reoriented to RAS and resampled to ``data.spacing``; ADC and HBV are resampled onto that T2W
-grid (not each on its own), so the channels stay voxel-aligned. Other item keys pass through untouched.
+grid (not each on its own), so the channels stay voxel-aligned. Intensities go to [0, 1] over the cropped
+box, or over the whole resampled volume before the crop (``data.normalisation.region``). Other item keys pass
+through untouched.
 """
 
 from __future__ import annotations
@@ -116,6 +118,20 @@ def load_transforms(data: DataConfig, keys: Sequence[str] | None = None) -> list
     ]
 
 
+def _normalisation(keys: list[str], data: DataConfig) -> list[MapTransform]:
+    """Each key to [0, 1]: ADC through its fixed window, T2W and HBV through their percentiles, clipped."""
+    norm, steps = data.normalisation, []
+    for key in keys:
+        if key == "adc":  # quantitative map: a fixed window keeps values comparable between cases
+            low, high = norm.adc_window
+            steps.append(ScaleIntensityRanged(key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
+        else:
+            low, high = norm.hbv_percentiles if key == "hbv" else norm.t2w_percentiles
+            steps.append(ScaleIntensityRangePercentilesd(key, lower=low, upper=high, b_min=0.0, b_max=1.0,
+                                                         clip=True, relative=False, channel_wise=True))
+    return steps
+
+
 def preprocessing_transforms(data: DataConfig, keys: Sequence[str] | None = None, concat: bool = True) -> Compose:
     """Load, orient, resample, crop/pad and normalise a manifest item (see the module docstring).
 
@@ -132,20 +148,17 @@ def preprocessing_transforms(data: DataConfig, keys: Sequence[str] | None = None
     steps: list[MapTransform] = [*load_transforms(data, keys), Spacingd("image", pixdim=data.spacing, mode="bilinear")]
     if others:
         steps.append(ResampleToMatchd(others, key_dst="image", mode="bilinear", padding_mode="zeros"))
+    normalise = _normalisation(keys, data)
+    if norm.region == "field_of_view":  # percentiles over the whole resampled volume, then the crop
+        steps += normalise
     if data.crop == "foreground":
         # The margin makes the box at least image_shape, so the crop below is centred on the foreground
         # and filled with real surrounding tissue rather than zero padding.
         steps.append(CropForegroundd(keys, source_key="image", select_fn=above_background, allow_smaller=False,
                                      margin=[(s + 1) // 2 for s in shape], start_coord_key=None, end_coord_key=None))
     steps.append(ResizeWithPadOrCropd(keys, spatial_size=shape))
-    for key in keys:
-        if key == "adc":  # quantitative map: a fixed window keeps values comparable between cases
-            low, high = norm.adc_window
-            steps.append(ScaleIntensityRanged(key, a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True))
-        else:
-            low, high = norm.hbv_percentiles if key == "hbv" else norm.t2w_percentiles
-            steps.append(ScaleIntensityRangePercentilesd(key, lower=low, upper=high, b_min=0.0, b_max=1.0,
-                                                         clip=True, relative=False, channel_wise=True))
+    if norm.region == "image":
+        steps += normalise
     if concat and others:
         steps += [ConcatItemsd(keys, name="image"), DeleteItemsd(others)]
     steps.append(EnsureTyped("image" if concat else keys, dtype=torch.float32))

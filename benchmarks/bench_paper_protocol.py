@@ -22,6 +22,12 @@ pretraining on them, mixing them in, and mixing in their round trips through the
 the LDM could at best produce: the autoencoder's share of the loss). ``--pool-ratio R`` mixes R class-balanced
 pool twins per real case instead (the paper's knob); ``--pool-controls`` adds, per ratio, the same twins with labels
 decoupled from their class (is it the class that helps?) and the pool's real volumes and round trips at that ratio.
+``--pool-filter-confidence C`` adds, per ratio, the pool twins a filter classifier gives at least C for their
+class, the most confident first: trained on the generator's site's own cases (``--pool-filter-on pool``: a filter
+that site could ship with its bundle; four fifths train it, a fifth selects it) or on the classifier's train split
+(``real``: what ``synthaug pregenerate --filter train`` does at the user's site). ``--pool-twins K`` draws K twins
+per pool case for it to choose from; ``--arms REGEX`` trains real only and the matching arms only (seeded: every
+other arm would repeat an earlier run's numbers).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -216,7 +223,8 @@ def balanced_subset(items: list[dict], n: int) -> list[dict]:
     wanted = class_quotas(n, "equal")
     chosen = {c: [t for t in items if t["label"] == c][:k] for c, k in wanted.items()}
     if any(len(chosen[c]) < k for c, k in wanted.items()):
-        raise SystemExit(f"{n} balanced items need {wanted} per class; the pool has fewer: lower --pool-ratio")
+        raise SystemExit(f"{n} balanced items need {wanted} per class; the pool has fewer: lower --pool-ratio "
+                         "(or raise --pool-twins)")
     return [t for c in sorted(chosen) for t in chosen[c]]
 
 
@@ -273,15 +281,35 @@ def parse_pool_ratio(text: str, pool: int):
 def filtered(twins: list[dict], manifest, data, crop, confidence: float) -> tuple[list[dict], dict]:
     """The twins a filter classifier (tiny-cnn, ``synthaug.mix.filter``: trained on the real train split,
     selected on val; never the evaluated classifier's seeds 0-4 with these weights) gives at least
-    ``confidence`` for the requested class, and the acceptance per class."""
+    ``confidence`` for the requested class, the most confident first (ties in their order), and the acceptance per
+    class."""
     from synthaug.mix.filter import VolumeFilter
 
     vf = VolumeFilter.train(manifest, data, model="tiny-cnn", confidence=confidence, crop=crop)
     p = vf.probabilities([t["image"] for t in twins], [t["label"] for t in twins])
-    kept = [t for t, q in zip(twins, p) if q >= confidence]
+    kept = [t for q, _, t in sorted(((q, -i, t) for i, (t, q) in enumerate(zip(twins, p)) if q >= confidence),
+                                    key=lambda row: row[:2], reverse=True)]  # the most confident first
     rate = {c: sum(q >= confidence for t, q in zip(twins, p) if t["label"] == c) /
             max(1, sum(t["label"] == c for t in twins)) for c in (0, 1)}
     return kept, {"kept": len(kept), "of": len(twins), "rate_by_class": rate, "filter": vf.describe()}
+
+
+def pool_filter_manifest(pool_manifest: Path, out: Path, every: int = 5) -> Path:
+    """The generator's site's own cases as a filter's training data: every ``every``-th case of each class (in the
+    pool's order) selects the filter (val), the rest train it. Only the pool's cases: the filter never sees the
+    classifier's train, val or test cases."""
+    from synthaug.data.manifest import load_manifest
+
+    rows, seen = [json.loads(line) for line in pool_manifest.read_text().splitlines() if line.strip()], {0: 0, 1: 0}
+    for row in rows:
+        seen[row["label"]] += 1
+        row["split"] = "val" if seen[row["label"]] % every == 0 else "train"
+        image, home = row["image"], pool_manifest.parent  # the copy lives elsewhere: absolute paths
+        row["image"] = ({k: str((home / v).resolve()) for k, v in image.items()} if isinstance(image, dict)
+                        else str((home / image).resolve()))
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    load_manifest(out)  # the same checks as any manifest
+    return out
 
 
 def main() -> None:
@@ -322,6 +350,18 @@ def main() -> None:
     parser.add_argument("--filter-confidence", type=float,
                         help="adds the arm real + filtered synthetic: of the K twins per case, those a filter "
                              "classifier trained on the real train split gives at least this P(requested class)")
+    parser.add_argument("--pool-filter-confidence", type=float,
+                        help="with --pool-ratio: per ratio, the arm real + filtered pool twins (balanced): a filter "
+                             "classifier trained on the generator's site's own cases (--pool-filter-on pool) or on "
+                             "the classifier's real train split (real) keeps the pool twins it gives at least this "
+                             "P(requested class); with --pool-controls also the same twins with decoupled labels")
+    parser.add_argument("--pool-filter-on", choices=("pool", "real"), default="pool",
+                        help="whose real cases train the pool filter: the generator's site's (pool: it could ship "
+                             "the filter with its bundle) or the classifier's (real: what `pregenerate --filter "
+                             "train` does at the user's site)")
+    parser.add_argument("--pool-twins", type=int, default=1, metavar="K",
+                        help="with --generator-pool: K twins per pool case (new seeds per round), the supply the "
+                             "--pool-ratio arms and the pool filter pick from")
     parser.add_argument("--generator-pool", type=int, default=0, metavar="N",
                         help="train the generator on N other cases of the phantom draw, never on the classifier's "
                              "(the shared-generator protocol; adds the pool arms)")
@@ -340,6 +380,9 @@ def main() -> None:
                              "per case as --twins; repeat for several strengths")
     parser.add_argument("--only-new-arms", action="store_true",
                         help="train real only and the --twins/--filter/pool arms, not the paper's other three")
+    parser.add_argument("--arms", metavar="REGEX",
+                        help="train real only and the arms whose name matches (e.g. 'filtered'): the others' "
+                             "seeds give the same numbers as in an earlier run of the same work folder")
     parser.add_argument("--device", default="cpu",
                         help="where the generator trains and samples and the classifiers train (cuda: a GPU machine)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_paper_protocol.json")
@@ -347,6 +390,22 @@ def main() -> None:
     pool_ratios = [parse_pool_ratio(text, args.generator_pool) for text in args.pool_ratio]  # before hours of training
     if args.pool_controls and not pool_ratios:
         raise SystemExit("--pool-controls: give the ratios to control with --pool-ratio")
+    if args.pool_filter_confidence is not None:
+        from synthaug.errors import InputError
+        from synthaug.mix.filter import check_confidence
+
+        if not pool_ratios:
+            raise SystemExit("--pool-filter-confidence: give the ratios to fill with --pool-ratio")
+        try:
+            check_confidence(args.pool_filter_confidence)
+        except InputError as error:
+            raise SystemExit(str(error).replace("--filter-confidence", "--pool-filter-confidence")) from None
+    try:
+        re.compile(args.arms or "")
+    except re.error as error:
+        raise SystemExit(f"--arms {args.arms!r}: not a regular expression ({error})") from None
+    if args.pool_twins < 1 or (args.pool_twins > 1 and not args.generator_pool):
+        raise SystemExit(f"--pool-twins {args.pool_twins}: give K >= 1, and K > 1 only with --generator-pool")
     vae_steps, ldm_steps = 300, 2000  # the step options' defaults, unless a --budget sets its own
     if args.budget == "bench":
         from bench_class_signal import BUDGETS
@@ -399,7 +458,7 @@ def main() -> None:
     predicted = [{**t, "label": t["predicted_label"]} for t in twins]
     every_twin = twins + [t for k in range(1, args.twins) for t in synthetic_twins(
         bundle, real, args.work / f"{folder}-round{k}", sampling, round_=k, device=args.device)]
-    filter_record = None
+    filter_record = pool_filter_record = None
     pretrain_epochs = args.epochs // 2 if args.pretrain_epochs is None else args.pretrain_epochs
     if not 0 < pretrain_epochs < args.epochs:
         raise SystemExit(f"--pretrain-epochs {pretrain_epochs}: give 1 .. {args.epochs - 1}")
@@ -412,8 +471,9 @@ def main() -> None:
     if args.twins > 1:
         arms[f"real + synthetic {args.twins}:1"] = [(real + every_twin, args.epochs)]
     if args.generator_pool:  # seeds after every round of the real cases' twins
-        pool_twins = synthetic_twins(bundle, pool, args.work / f"{folder}-pool", sampling,
-                                     seed_offset=max(args.twins, 1) * len(real), device=args.device)
+        pool_twins = [t for k in range(args.pool_twins) for t in synthetic_twins(  # seeds after the real cases' rounds
+            bundle, pool, args.work / (f"{folder}-pool" + (f"-round{k}" if k else "")), sampling, round_=k,
+            seed_offset=max(args.twins, 1) * len(real) + k * len(pool), device=args.device)]
         pool_round_trips = round_trips(bundle, pool, args.work / "pool-round-trips", args.device)
         arms.update({
             "real + synthetic from the pool's reports": [(real + pool_twins, args.epochs)],
@@ -435,6 +495,26 @@ def main() -> None:
                 (real + balanced_subset(pool, n), args.epochs)]
             arms[f"real + the pool's VAE round trips {ratio.label}:1, balanced (reference)"] = [
                 (real + balanced_subset(pool_round_trips, n), args.epochs)]
+    if args.pool_filter_confidence is not None:  # the class the volumes show, checked before they are mixed in
+        from synthaug.data.manifest import load_manifest as load
+
+        trained_on = (load(pool_filter_manifest(manifest_path.with_name("generator.jsonl"),
+                                                args.work / "pool-filter.jsonl"))
+                      if args.pool_filter_on == "pool" else manifest)
+        kept, pool_filter_record = filtered(pool_twins, trained_on, load_bundle(bundle, verify=False).config.data,
+                                            crop, args.pool_filter_confidence)
+        pool_filter_record["trained_on"] = args.pool_filter_on
+        console.print(f"pool filter ({args.pool_filter_on}) kept {pool_filter_record['kept']} of "
+                      f"{pool_filter_record['of']} pool twins (class 0: {pool_filter_record['rate_by_class'][0]:.0%}, "
+                      f"class 1: {pool_filter_record['rate_by_class'][1]:.0%})")
+        for ratio in pool_ratios:
+            arm = (f"real + filtered synthetic from the pool's reports {ratio.label}:1, balanced "
+                   f"(filter on {args.pool_filter_on} >= {args.pool_filter_confidence:g})")
+            chosen = balanced_subset(kept, ratio.synthetic_count(len(real)))
+            arms[arm] = [(real + chosen, args.epochs)]
+            if args.pool_controls:
+                controls[arm] = f"{arm}, labels decoupled from the class (control)"
+                arms[controls[arm]] = [(real + decoupled_labels(chosen), args.epochs)]
     for strength in args.strength:  # seeds apart from the twins', one round per --twins
         rounds = [variations(bundle, real, args.work / (f"{folder}-variations-s{strength:g}" + (f"-round{k}" if k else "")),
                              sampling, strength, seed_offset=10**6 + k * len(real), device=args.device)
@@ -450,6 +530,9 @@ def main() -> None:
         console.print(f"filter kept {filter_record['kept']} of {filter_record['of']} twins "
                       f"(class 0: {filter_record['rate_by_class'][0]:.0%}, class 1: {filter_record['rate_by_class'][1]:.0%})")
         arms[f"real + filtered synthetic (>= {args.filter_confidence:g})"] = [(real + kept, args.epochs)]
+    if args.arms:
+        arms = {arm: phases for arm, phases in arms.items() if arm == "real only" or re.search(args.arms, arm)}
+        controls = {arm: control for arm, control in controls.items() if arm in arms and control in arms}
     val, test = Dataset(manifest.items("val"), transform=store), Dataset(manifest.items("test"), transform=store)
     results: dict[str, list[dict]] = {}
     for arm, phases in arms.items():
@@ -498,7 +581,7 @@ def main() -> None:
                                "paired_vs_real_only": gains, "paired_vs_decoupled_labels": versus_control,
                                "runs": results, "predicted_label_agreement": agree, "class_by_training_case": by_case,
                                "paper": PAPER_NOTE,
-                               "filter": filter_record,
+                               "filter": filter_record, "pool_filter": pool_filter_record,
                                "machine": platform.platform(), "cpus": os.cpu_count(),
                                "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,
                                "date": time.strftime("%Y-%m-%d")}, indent=2))

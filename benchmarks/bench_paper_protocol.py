@@ -278,20 +278,26 @@ def parse_pool_ratio(text: str, pool: int):
     return ratio
 
 
-def filtered(twins: list[dict], manifest, data, crop, confidence: float) -> tuple[list[dict], dict]:
+def filtered(twins: list[dict], manifest, data, crop, confidence: float,
+             test: list[dict] = ()) -> tuple[list[dict], dict]:
     """The twins a filter classifier (tiny-cnn, ``synthaug.mix.filter``: trained on the real train split,
     selected on val; never the evaluated classifier's seeds 0-4 with these weights) gives at least
     ``confidence`` for the requested class, the most confident first (ties in their order), and the acceptance per
-    class."""
+    class; with ``test``, also the filter's own AUROC and balanced accuracy (threshold 0.5) on those cases."""
+    from classifiers.metrics import auroc, balanced_accuracy
     from synthaug.mix.filter import VolumeFilter
 
     vf = VolumeFilter.train(manifest, data, model="tiny-cnn", confidence=confidence, crop=crop)
+    own = {}
+    if test:  # the filter as a classifier: what its knowledge alone does on the test split
+        y, p1 = [c["label"] for c in test], vf.probabilities([c["image"] for c in test], [1] * len(test))
+        own = {"test_auroc": auroc(y, p1), "test_balanced_accuracy": balanced_accuracy(y, p1)}
     p = vf.probabilities([t["image"] for t in twins], [t["label"] for t in twins])
     kept = [t for q, _, t in sorted(((q, -i, t) for i, (t, q) in enumerate(zip(twins, p)) if q >= confidence),
                                     key=lambda row: row[:2], reverse=True)]  # the most confident first
     rate = {c: sum(q >= confidence for t, q in zip(twins, p) if t["label"] == c) /
             max(1, sum(t["label"] == c for t in twins)) for c in (0, 1)}
-    return kept, {"kept": len(kept), "of": len(twins), "rate_by_class": rate, "filter": vf.describe()}
+    return kept, {"kept": len(kept), "of": len(twins), "rate_by_class": rate, "filter": vf.describe(), **own}
 
 
 def pool_filter_manifest(pool_manifest: Path, out: Path, every: int = 5) -> Path:
@@ -361,7 +367,8 @@ def main() -> None:
                              "train` does at the user's site)")
     parser.add_argument("--pool-twins", type=int, default=1, metavar="K",
                         help="with --generator-pool: K twins per pool case (new seeds per round), the supply the "
-                             "--pool-ratio arms and the pool filter pick from")
+                             "--pool-ratio arms and the pool filter pick from; the arms of all the pool's twins "
+                             "(mixed in, pretraining) then take all K x N")
     parser.add_argument("--generator-pool", type=int, default=0, metavar="N",
                         help="train the generator on N other cases of the phantom draw, never on the classifier's "
                              "(the shared-generator protocol; adds the pool arms)")
@@ -502,11 +509,13 @@ def main() -> None:
                                                 args.work / "pool-filter.jsonl"))
                       if args.pool_filter_on == "pool" else manifest)
         kept, pool_filter_record = filtered(pool_twins, trained_on, load_bundle(bundle, verify=False).config.data,
-                                            crop, args.pool_filter_confidence)
+                                            crop, args.pool_filter_confidence, test=manifest.items("test"))
         pool_filter_record["trained_on"] = args.pool_filter_on
         console.print(f"pool filter ({args.pool_filter_on}) kept {pool_filter_record['kept']} of "
                       f"{pool_filter_record['of']} pool twins (class 0: {pool_filter_record['rate_by_class'][0]:.0%}, "
-                      f"class 1: {pool_filter_record['rate_by_class'][1]:.0%})")
+                      f"class 1: {pool_filter_record['rate_by_class'][1]:.0%}); the filter itself on the test split: "
+                      f"AUROC {pool_filter_record['test_auroc']:.3f}, balanced accuracy "
+                      f"{pool_filter_record['test_balanced_accuracy']:.3f} (threshold 0.5)")
         for ratio in pool_ratios:
             arm = (f"real + filtered synthetic from the pool's reports {ratio.label}:1, balanced "
                    f"(filter on {args.pool_filter_on} >= {args.pool_filter_confidence:g})")

@@ -304,18 +304,18 @@ def pool_filter_manifest(pool_manifest: Path, out: Path, every: int = 5) -> Path
     """The generator's site's own cases as a filter's training data: every ``every``-th case of each class (in the
     pool's order) selects the filter (val), the rest train it. Only the pool's cases: the filter never sees the
     classifier's train, val or test cases."""
-    from synthaug.data.manifest import load_manifest
+    from collections import Counter
+    from dataclasses import replace
 
-    rows, seen = [json.loads(line) for line in pool_manifest.read_text().splitlines() if line.strip()], {0: 0, 1: 0}
-    for row in rows:
-        seen[row["label"]] += 1
-        row["split"] = "val" if seen[row["label"]] % every == 0 else "train"
-        image, home = row["image"], pool_manifest.parent  # the copy lives elsewhere: absolute paths
-        row["image"] = ({k: str((home / v).resolve()) for k, v in image.items()} if isinstance(image, dict)
-                        else str((home / image).resolve()))
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    load_manifest(out)  # the same checks as any manifest
-    return out
+    from synthaug.data.manifest import load_manifest, write_manifest
+
+    pool, seen, records = load_manifest(pool_manifest), Counter(), []
+    for record in pool:
+        seen[record.label] += 1
+        image = (str(pool.resolve(record.image)) if isinstance(record.image, str)  # the copy lives elsewhere:
+                 else {k: str(pool.resolve(v)) for k, v in record.image.items()})  # absolute paths
+        records.append(replace(record, image=image, split="val" if seen[record.label] % every == 0 else "train"))
+    return write_manifest(records, out)
 
 
 def main() -> None:

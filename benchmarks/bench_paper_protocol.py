@@ -503,9 +503,7 @@ def main() -> None:
             arms[f"real + the pool's VAE round trips {ratio.label}:1, balanced (reference)"] = [
                 (real + balanced_subset(pool_round_trips, n), args.epochs)]
     if args.pool_filter_confidence is not None:  # the class the volumes show, checked before they are mixed in
-        from synthaug.data.manifest import load_manifest as load
-
-        trained_on = (load(pool_filter_manifest(manifest_path.with_name("generator.jsonl"),
+        trained_on = (load_manifest(pool_filter_manifest(manifest_path.with_name("generator.jsonl"),
                                                 args.work / "pool-filter.jsonl"))
                       if args.pool_filter_on == "pool" else manifest)
         kept, pool_filter_record = filtered(pool_twins, trained_on, load_bundle(bundle, verify=False).config.data,
